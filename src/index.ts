@@ -1,0 +1,6 @@
+/**
+ * postcopy: QEMU's live-migration protocol in TypeScript.
+ * This module is the public API; everything exported here is documented.
+ */
+export * from './errors.js';
+export * as constants from './wire/constants.js';
