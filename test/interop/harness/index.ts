@@ -1,0 +1,3 @@
+/** Shared helpers for interop tests against the real QEMU binary. */
+export * from './qemu.js';
+export * from './migration.js';
