@@ -1,0 +1,264 @@
+/**
+ * The RAM page sender (QEMU's ram_find_and_save_block and friends): dirty
+ * bitmaps per block, a persistent scan position, the CONTINUE rule, zero
+ * pages, XBZRLE with the page cache, and an urgent queue served before the
+ * background scan (postcopy page requests will use it).
+ */
+import { ENCODING_FLAG_XBZRLE, RamFlag, TARGET_PAGE_SIZE } from '../wire/constants.js';
+import { writePageHeader, type Sink } from '../engine/codec.js';
+import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
+import { XbzrleCache, type XbzrleCacheStats } from './xbzrle-cache.js';
+
+const TP = TARGET_PAGE_SIZE;
+
+/** Counters of pages sent, by kind. */
+export interface RamCounters {
+  /** Zero pages sent as ZERO records ("duplicate"). */
+  duplicate: number;
+  /** Pages sent as PAGE records ("normal"). */
+  normal: number;
+  /** All pages handled (sent in any form, or skipped as unchanged). */
+  targetPageCount: number;
+  /** Bytes of page records (headers included). */
+  pageBytes: number;
+}
+
+/** Index of the next set bit at or after `from`, or -1. */
+export function nextSetBit(bits: PageBits, from: number, nbits: number): number {
+  if (from >= nbits) return -1;
+  let w = from >>> 5;
+  let word = bits[w]! & (~0 << (from & 31));
+  const nwords = (nbits + 31) >>> 5;
+  for (;;) {
+    if (word !== 0) {
+      const i = (w << 5) + (31 - Math.clz32(word & -word));
+      return i < nbits ? i : -1;
+    }
+    if (++w >= nwords) return -1;
+    word = bits[w]!;
+  }
+}
+
+/** Counts set bits. */
+export function popcount(bits: PageBits): number {
+  let n = 0;
+  for (let i = 0; i < bits.length; i++) {
+    let v = bits[i]!;
+    v = v - ((v >>> 1) & 0x55555555);
+    v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+    n += (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+  }
+  return n;
+}
+
+/** Page sender state for one outgoing migration. */
+export class RamSaver {
+  /** One dirty bitmap per block. */
+  readonly bitmaps: PageBits[];
+  /** Pages per block. */
+  readonly pages: number[];
+  /** Dirty pages over all blocks. */
+  dirtyPages = 0;
+  /** Scan position. */
+  private blockIdx = 0;
+  private pageIdx = 0;
+  /** Last block a page record was written for (the CONTINUE rule), -1 = none. */
+  lastSentBlock = -1;
+  /** True once a whole pass wrapped around (XBZRLE may start). */
+  completeRound = false;
+  xbzrleEnabled = false;
+  /** Pages queued for urgent sending (served first). */
+  readonly urgent: { block: number; page: number }[] = [];
+  readonly counters: RamCounters = { duplicate: 0, normal: 0, targetPageCount: 0, pageBytes: 0 };
+  cache: XbzrleCache | undefined;
+  readonly xbzrle = { bytes: 0, pages: 0, cacheMiss: 0, overflow: 0, cacheMissRate: 0, encodingRate: 0 };
+  private readonly encoded = new Uint8Array(TP);
+  private readonly scratch = new Uint8Array(TP);
+  /** Bitmap-sync generation (dirty-sync-count), the cache's age. */
+  generation = 0;
+
+  constructor(
+    readonly blocks: readonly EngineRamBlock[],
+    private readonly ops: PageOps,
+    private readonly useXbzrle: boolean,
+    cacheSize: number,
+  ) {
+    this.pages = blocks.map((b) => Math.floor(b.usedLength / TP));
+    this.bitmaps = this.pages.map((n) => new Uint32Array((n + 31) >>> 5));
+    if (useXbzrle) this.cache = new XbzrleCache(cacheSize, ops.alloc);
+  }
+
+  /** Marks every page dirty (QEMU's initial bitmap). */
+  setAllDirty(): void {
+    let total = 0;
+    this.bitmaps.forEach((bm, i) => {
+      const n = this.pages[i]!;
+      bm.fill(0xffffffff);
+      if (n & 31) bm[bm.length - 1] = (1 << (n & 31)) - 1;
+      total += n;
+    });
+    this.dirtyPages = total;
+  }
+
+  /** Recounts dirtyPages after bits were ORed in from outside. */
+  recount(): void {
+    let t = 0;
+    for (const bm of this.bitmaps) t += popcount(bm);
+    this.dirtyPages = t;
+  }
+
+  /** Replaces the cache with a new empty one (xbzrle-cache-size changed). */
+  resizeCache(cacheSize: number): void {
+    if (this.useXbzrle) this.cache = new XbzrleCache(cacheSize, this.ops.alloc);
+  }
+
+  /** Forgets the last block so the next record carries its idstr. */
+  resetLastBlock(): void {
+    this.lastSentBlock = -1;
+  }
+
+  /** Queues a page to be sent before the background scan. */
+  queueUrgent(block: number, page: number): void {
+    this.urgent.push({ block, page });
+  }
+
+  /**
+   * Finds and sends the next dirty page (urgent queue first). Returns the
+   * number of pages handled, 0 when a full pass found nothing dirty.
+   */
+  sendNext(w: Sink, lastStage: boolean): number {
+    while (this.urgent.length > 0) {
+      const u = this.urgent.shift()!;
+      if (this.testAndClear(u.block, u.page)) {
+        this.savePage(w, u.block, u.page, lastStage);
+        return 1;
+      }
+    }
+    if (this.dirtyPages === 0) return 0;
+    const nblocks = this.blocks.length;
+    for (let visited = 0; visited <= nblocks; visited++) {
+      const b = this.blockIdx;
+      const p = nextSetBit(this.bitmaps[b]!, this.pageIdx, this.pages[b]!);
+      if (p >= 0) {
+        this.pageIdx = p + 1;
+        this.testAndClear(b, p);
+        this.savePage(w, b, p, lastStage);
+        return 1;
+      }
+      this.pageIdx = 0;
+      this.blockIdx++;
+      if (this.blockIdx >= nblocks) {
+        this.blockIdx = 0;
+        this.completeRound = true;
+        if (this.useXbzrle) this.xbzrleEnabled = true;
+      }
+    }
+    return 0;
+  }
+
+  private testAndClear(b: number, p: number): boolean {
+    const bm = this.bitmaps[b]!;
+    const m = 1 << (p & 31);
+    const w = p >>> 5;
+    if ((bm[w]! & m) === 0) return false;
+    bm[w] = bm[w]! & ~m;
+    this.dirtyPages--;
+    return true;
+  }
+
+  /** Writes one page (ZERO, XBZRLE or PAGE). Returns bytes written. */
+  private savePage(w: Sink, b: number, p: number, lastStage: boolean): number {
+    const block = this.blocks[b]!;
+    const off = p * TP;
+    const mem = block.bytes;
+    const idstr = this.lastSentBlock === b ? undefined : block.idstr;
+    this.counters.targetPageCount++;
+    let n: number;
+    if (this.ops.isZeroPage(mem, off)) {
+      n = writePageHeader(w, off, RamFlag.ZERO, idstr) + 1;
+      w.u8(0);
+      this.counters.duplicate++;
+      if (this.xbzrleEnabled && this.cache) this.cache.insertZero(block.ramAddr + off, this.generation);
+    } else {
+      let src = mem;
+      let srcOff = off;
+      if (this.xbzrleEnabled && this.cache) {
+        const r = this.saveXbzrle(w, block, off, idstr, lastStage);
+        if (r.sent >= 0) {
+          this.lastSentBlock = b;
+          this.counters.pageBytes += r.sent;
+          return r.sent;
+        }
+        src = r.src;
+        srcOff = r.srcOff;
+      }
+      n = writePageHeader(w, off, RamFlag.PAGE, idstr) + TP;
+      w.bytes(src.subarray(srcOff, srcOff + TP));
+      this.counters.normal++;
+    }
+    this.lastSentBlock = b;
+    this.counters.pageBytes += n;
+    return n;
+  }
+
+  /**
+   * SPEC §4.3 per-page algorithm. `sent` ≥ 0: handled (bytes written, 0 =
+   * unchanged page skipped); -1: send a normal page from src/srcOff.
+   */
+  private saveXbzrle(
+    w: Sink,
+    block: EngineRamBlock,
+    off: number,
+    idstr: string | undefined,
+    lastStage: boolean,
+  ): { sent: number; src: Uint8Array; srcOff: number } {
+    const cache = this.cache!;
+    const addr = block.ramAddr + off;
+    const gen = this.generation;
+    if (!cache.isCached(addr, gen)) {
+      this.xbzrle.cacheMiss++;
+      if (!lastStage && cache.insert(addr, block.bytes, off, gen)) {
+        return { sent: -1, src: cache.data, srcOff: cache.offsetOf(cache.slotOf(addr)) };
+      }
+      return { sent: -1, src: block.bytes, srcOff: off };
+    }
+    const slotOff = cache.offsetOf(cache.slotOf(addr));
+    // Snapshot the page so that what is encoded is what the cache keeps.
+    this.scratch.set(block.bytes.subarray(off, off + TP));
+    const len = this.ops.xbzrleEncode(cache.data, slotOff, this.scratch, 0, this.encoded);
+    this.xbzrle.pages++;
+    let src: Uint8Array = block.bytes;
+    let srcOff = off;
+    if (!lastStage && len !== 0) {
+      cache.data.set(this.scratch, slotOff);
+      src = cache.data;
+      srcOff = slotOff;
+    }
+    if (len === 0) return { sent: 0, src, srcOff };
+    if (len < 0) {
+      this.xbzrle.overflow++;
+      this.xbzrle.bytes += TP;
+      return { sent: -1, src, srcOff };
+    }
+    const h = writePageHeader(w, off, RamFlag.XBZRLE, idstr);
+    w.u8(ENCODING_FLAG_XBZRLE);
+    w.be16(len);
+    w.bytes(this.encoded.subarray(0, len));
+    const total = h + 3 + len;
+    this.xbzrle.bytes += total - 8;
+    return { sent: total, src, srcOff };
+  }
+
+  /** query-migrate's xbzrle-cache record. */
+  xbzrleStats(): XbzrleCacheStats {
+    return {
+      'cache-size': this.cache?.cacheSize ?? 0,
+      bytes: this.xbzrle.bytes,
+      pages: this.xbzrle.pages,
+      'cache-miss': this.xbzrle.cacheMiss,
+      'cache-miss-rate': this.xbzrle.cacheMissRate,
+      'encoding-rate': this.xbzrle.encodingRate,
+      overflow: this.xbzrle.overflow,
+    };
+  }
+}

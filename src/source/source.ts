@@ -1,0 +1,500 @@
+/**
+ * MigrationSource: the outgoing precopy state machine (SPEC §1.5, §3.4,
+ * §4.3). none → setup → active → [pre-switchover →] device → completed,
+ * or failed / cancelling → cancelled. Iterates in 100 ms bandwidth windows
+ * under max-bandwidth, completes when the pending dirty bytes fit into
+ * bandwidth × downtime-limit.
+ */
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { setImmediate as yieldNow } from 'node:timers/promises';
+import { MigCmd, PingValue, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, RamFlag, SectionType, TARGET_PAGE_SIZE } from '../wire/constants.js';
+import { PostcopyError } from '../errors.js';
+import { ChannelReader, ChannelWriter } from '../engine/bytes.js';
+import {
+  vmdescJson,
+  writeCommand,
+  writeFooter,
+  writeHeader,
+  writePing,
+  writeRamSetup,
+  writeSectionPart,
+  writeSectionStart,
+  writeVmdesc,
+} from '../engine/codec.js';
+import type { DeviceSection, PageOps, SourceGuest } from '../engine/ports.js';
+import { jsPageOps } from '../engine/page-ops-js.js';
+import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
+import {
+  BUFFER_DELAY_MS,
+  DEFAULT_CAPABILITIES,
+  DEFAULT_PARAMETERS,
+  MAX_WAIT_MS,
+  PAGES_PER_TIME_CHECK,
+  RATE_PERIOD_MS,
+  XFER_LIMIT_RATIO,
+  type SourceCapabilities,
+  type SourceParameters,
+} from './options.js';
+import { RamSaver } from './ram-saver.js';
+import { SourceReturnPath } from './return-path.js';
+import type { MigrationStats, SourceMigrationInfo } from './stats.js';
+import { AutoConverge } from './throttle.js';
+
+const TP = TARGET_PAGE_SIZE;
+/** Section id of "ram" (QEMU's, §11). Device sections are numbered after it. */
+export const RAM_SECTION_ID = 2;
+/** Longest synchronous stretch of the sender before it yields, ms. */
+const YIELD_EVERY_MS = 8;
+
+/** Options of one outgoing migration. */
+export interface MigrateOptions {
+  /** Machine type name for the configuration section (`none` imitates -M none). */
+  machineName?: string;
+  /** Device sections sent FULL at completion; called after the guest stopped. */
+  devices?: readonly DeviceSection[] | (() => readonly DeviceSection[]);
+  /** Write the VMDESCRIPTION after EOF (default true; QEMU's !suppress-vmdesc). */
+  vmdesc?: boolean;
+}
+
+/** Construction options. */
+export interface SourceOptions {
+  capabilities?: Partial<SourceCapabilities>;
+  parameters?: Partial<SourceParameters>;
+  pageOps?: PageOps;
+  /** A status holder (control/'s StatusMachine); a fresh EngineStatus by default. */
+  status?: StatusPort;
+}
+
+const now = (): number => performance.now();
+
+/**
+ * The outgoing side. Events: 'MIGRATION_PASS' {pass} (events capability
+ * on), 'throttle' (percent); status events come from the status holder.
+ */
+export class MigrationSource extends EventEmitter {
+  readonly capabilities: SourceCapabilities;
+  readonly parameters: SourceParameters;
+  readonly statusPort: StatusPort;
+  private readonly ops: PageOps;
+  private saver: RamSaver | undefined;
+  private writer: ChannelWriter | undefined;
+  private channel: Duplex | undefined;
+  private rp: SourceReturnPath | undefined;
+  private errorDesc: string | undefined;
+  private continueResolve: (() => void) | undefined;
+  private wake: (() => void) | undefined;
+  private throttle: AutoConverge;
+  private guestStopped = false;
+  // timing (ms, performance.now base)
+  private startTime = 0;
+  private setupTime = 0;
+  private downtimeStart = 0;
+  private totalTime = 0;
+  private downtime = 0;
+  private expectedDowntime = 0;
+  private thresholdSize = 0;
+  private mbps = 0;
+  private pagesPerSecond = 0;
+  private dirtySyncCount = 0;
+  private dirtyPagesRate = 0;
+  private precopyBytes = 0;
+  private downtimeBytes = 0;
+  // windows and periods
+  private iterStart = 0;
+  private iterBytes = 0;
+  private iterPages = 0;
+  private periodStart = 0;
+  private numDirtyPagesPeriod = 0;
+  private bytesXferPrev = 0;
+  private pageCountPrev = 0;
+  private xbzrleMissPrev = 0;
+  private xbzrlePagesPrev = 0;
+  private xbzrleBytesPrev = 0;
+
+  constructor(
+    readonly guest: SourceGuest,
+    opts: SourceOptions = {},
+  ) {
+    super();
+    this.capabilities = { ...DEFAULT_CAPABILITIES, ...opts.capabilities };
+    this.parameters = { ...DEFAULT_PARAMETERS, ...opts.parameters };
+    this.statusPort = opts.status ?? new EngineStatus();
+    this.ops = opts.pageOps ?? jsPageOps;
+    this.throttle = new AutoConverge(
+      () => this.parameters,
+      (p) => {
+        this.guest.setThrottle?.(p);
+        this.emit('throttle', p);
+      },
+    );
+  }
+
+  /** Current status. */
+  get status(): MigrationStatus {
+    return this.statusPort.status;
+  }
+
+  /** The return-path reader, when one is open. */
+  get returnPath(): SourceReturnPath | undefined {
+    return this.rp;
+  }
+
+  /**
+   * Changes parameters during migration (migrate-set-parameters). A new
+   * xbzrle-cache-size replaces the cache with an empty one.
+   */
+  setParameters(p: Partial<SourceParameters>): void {
+    const resize = p.xbzrleCacheSize !== undefined && p.xbzrleCacheSize !== this.parameters.xbzrleCacheSize;
+    Object.assign(this.parameters, p);
+    if (resize) this.saver?.resizeCache(this.parameters.xbzrleCacheSize);
+    this.wake?.();
+  }
+
+  /** migrate_cancel: cancelling → cancelled, the guest resumes. */
+  cancel(): void {
+    const s = this.status;
+    if (s === 'setup' || s === 'active' || s === 'pre-switchover' || s === 'device') {
+      this.statusPort.transition(s, 'cancelling');
+      this.shutdownChannel();
+      this.wake?.();
+      this.continueResolve?.();
+    }
+  }
+
+  /** migrate-continue from pre-switchover. */
+  continue(state: MigrationStatus = 'pre-switchover'): void {
+    if (this.status !== state) {
+      throw new PostcopyError('STATE', `Migration not in expected state: ${this.status}`);
+    }
+    this.continueResolve?.();
+  }
+
+  private shutdownChannel(): void {
+    const ch = this.channel as (Duplex & { shutdown?: () => void }) | undefined;
+    if (!ch) return;
+    if (typeof ch.shutdown === 'function') ch.shutdown();
+    else ch.destroy();
+  }
+
+  /**
+   * Runs a whole outgoing migration over `channel`. Resolves with the final
+   * status (completed, failed or cancelled); never rejects for migration
+   * errors — they end in `failed` with error-desc.
+   */
+  async migrate(channel: Duplex, opts: MigrateOptions = {}): Promise<MigrationStatus> {
+    if (this.status !== 'none') throw new PostcopyError('STATE', 'There is a migration process in progress');
+    this.channel = channel;
+    this.startTime = now();
+    this.statusPort.transition('none', 'setup');
+    try {
+      await this.run(channel, opts);
+    } catch (e) {
+      await this.fail(e);
+    }
+    return this.status;
+  }
+
+  private async fail(e: unknown): Promise<void> {
+    const s = this.status;
+    this.throttle.stop();
+    this.guest.stopDirtyLog?.();
+    if (s === 'cancelling') {
+      this.statusPort.transition('cancelling', 'cancelled');
+    } else if (s !== 'completed' && s !== 'failed' && s !== 'cancelled') {
+      this.errorDesc = e instanceof Error ? e.message : String(e);
+      this.statusPort.transition(s, 'failed');
+      this.shutdownChannel();
+    }
+    if (this.guestStopped) {
+      this.guestStopped = false;
+      await this.guest.resume();
+    }
+  }
+
+  private checkRunning(): void {
+    const s = this.status;
+    if (s === 'cancelling') throw new PostcopyError('CANCELLED', 'migration cancelled');
+    this.writer!.check();
+    if (this.rp?.error && this.rp.error.name !== 'TruncatedError') {
+      // A bad return path fails the migration at completion, as in QEMU.
+    }
+  }
+
+  private async run(channel: Duplex, opts: MigrateOptions): Promise<void> {
+    const w = (this.writer = new ChannelWriter(channel));
+    const caps = this.capabilities;
+    if (caps.returnPath) this.rp = new SourceReturnPath(new ChannelReader(channel), {});
+    writeHeader(w, opts.machineName ?? 'none');
+    if (this.rp) {
+      writeCommand(w, MigCmd.OPEN_RETURN_PATH);
+      writePing(w, PingValue.AFTER_OPEN_RETURN_PATH);
+    }
+    const blocks = this.guest.blocks;
+    const saver = (this.saver = new RamSaver(blocks, this.ops, caps.xbzrle, this.parameters.xbzrleCacheSize));
+    writeSectionStart(w, SectionType.START, RAM_SECTION_ID, RAM_SECTION_IDSTR, 0, RAM_SECTION_VERSION);
+    writeRamSetup(w, blocks);
+    writeFooter(w, RAM_SECTION_ID);
+    // QEMU's ram_init_bitmaps: everything dirty, then the first sync.
+    saver.setAllDirty();
+    this.guest.startDirtyLog?.();
+    this.periodStart = now();
+    this.bitmapSync();
+    await w.drain();
+    this.checkRunning();
+    this.setupTime = now() - this.startTime;
+    this.expectedDowntime = this.parameters.downtimeLimit;
+    if (!this.statusPort.transition('setup', 'active')) this.checkRunning();
+    this.iterStart = now();
+    this.iterBytes = w.bytesWritten;
+    this.iterPages = this.totalPages();
+
+    for (;;) {
+      this.checkRunning();
+      let pending = saver.dirtyPages * TP;
+      if (pending < this.thresholdSize) {
+        this.bitmapSync();
+        pending = saver.dirtyPages * TP;
+      }
+      if (pending === 0 || pending < this.thresholdSize) break;
+      await this.iterate();
+      await this.rateLimit();
+    }
+    await this.complete(opts);
+  }
+
+  private totalPages(): number {
+    const s = this.saver!;
+    return s.counters.normal + s.counters.duplicate + s.xbzrle.pages;
+  }
+
+  /** One PART section: pages until the window budget is spent, 50 ms pass, or nothing is dirty. */
+  private async iterate(): Promise<void> {
+    const w = this.writer!;
+    const saver = this.saver!;
+    writeSectionPart(w, SectionType.PART, RAM_SECTION_ID);
+    const t0 = now();
+    let slice = t0;
+    let i = 0;
+    while (!this.rateLimited()) {
+      const n = saver.sendNext(w, false);
+      if (n === 0) break;
+      if ((++i & (PAGES_PER_TIME_CHECK - 1)) === 0) {
+        const t = now();
+        if (t - t0 > MAX_WAIT_MS) break;
+        if (t - slice > YIELD_EVERY_MS) {
+          await w.drain();
+          await yieldNow();
+          this.checkRunning();
+          slice = now();
+        }
+      }
+    }
+    w.be64(RamFlag.EOS);
+    writeFooter(w, RAM_SECTION_ID);
+    await w.drain();
+    await yieldNow();
+  }
+
+  private rateLimited(): boolean {
+    const max = this.parameters.maxBandwidth;
+    if (max <= 0 || max >= Number.MAX_SAFE_INTEGER) return false;
+    return this.writer!.bytesWritten - this.iterBytes >= max / XFER_LIMIT_RATIO;
+  }
+
+  /** Sleeps out the window when its budget is spent, then updates the counters. */
+  private async rateLimit(): Promise<void> {
+    if (this.rateLimited()) {
+      const left = this.iterStart + BUFFER_DELAY_MS - now();
+      if (left > 0) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(done, left);
+          function done(): void {
+            clearTimeout(t);
+            resolve();
+          }
+          this.wake = done;
+        });
+        this.wake = undefined;
+      }
+    }
+    if (now() >= this.iterStart + BUFFER_DELAY_MS) this.updateCounters();
+  }
+
+  /** QEMU's migration_update_counters: bandwidth, threshold, mbps, expected downtime. */
+  private updateCounters(): void {
+    const t = now();
+    const bytes = this.writer!.bytesWritten;
+    const transferred = bytes - this.iterBytes;
+    const spent = t - this.iterStart;
+    const bandwidth = transferred / spent; // bytes per ms
+    this.thresholdSize = bandwidth * this.parameters.downtimeLimit;
+    this.mbps = (transferred * 8) / (spent / 1000) / 1e6;
+    const pages = this.totalPages();
+    this.pagesPerSecond = (pages - this.iterPages) / (spent / 1000);
+    if (this.dirtyPagesRate && transferred > 10000 && bandwidth > 0) {
+      this.expectedDowntime = Math.round((this.saver!.dirtyPages * TP) / bandwidth);
+    }
+    this.iterStart = t;
+    this.iterBytes = bytes;
+    this.iterPages = pages;
+  }
+
+  /** QEMU's migration_bitmap_sync: collect dirty bits, pass count, rates once per second. */
+  private bitmapSync(): void {
+    const saver = this.saver!;
+    let newly = 0;
+    for (let i = 0; i < saver.bitmaps.length; i++) newly += this.guest.syncDirty(i, saver.bitmaps[i]!);
+    saver.recount();
+    this.numDirtyPagesPeriod += newly;
+    this.dirtySyncCount++;
+    saver.generation = this.dirtySyncCount;
+    const t = now();
+    if (t > this.periodStart + RATE_PERIOD_MS) {
+      const bytes = this.writer!.bytesWritten;
+      if (this.capabilities.autoConverge) {
+        this.throttle.onPeriod(bytes - this.bytesXferPrev, this.numDirtyPagesPeriod * TP);
+      }
+      this.dirtyPagesRate = Math.floor((this.numDirtyPagesPeriod * 1000) / (t - this.periodStart));
+      this.updateXbzrleRates();
+      this.periodStart = t;
+      this.numDirtyPagesPeriod = 0;
+      this.bytesXferPrev = bytes;
+    }
+    if (this.capabilities.events) this.emit('MIGRATION_PASS', { pass: this.dirtySyncCount });
+  }
+
+  private updateXbzrleRates(): void {
+    const saver = this.saver!;
+    const pageCount = saver.counters.targetPageCount - this.pageCountPrev;
+    if (!this.capabilities.xbzrle || pageCount === 0) return;
+    this.pageCountPrev = saver.counters.targetPageCount;
+    const x = saver.xbzrle;
+    x.cacheMissRate = (x.cacheMiss - this.xbzrleMissPrev) / pageCount;
+    this.xbzrleMissPrev = x.cacheMiss;
+    const unencoded = (x.pages - this.xbzrlePagesPrev) * TP;
+    const encoded = x.bytes - this.xbzrleBytesPrev;
+    x.encodingRate = x.pages === this.xbzrlePagesPrev || encoded === 0 ? 0 : unencoded / encoded;
+    this.xbzrlePagesPrev = x.pages;
+    this.xbzrleBytesPrev = x.bytes;
+  }
+
+  /** Stop the guest, last pass (END), devices (FULL), EOF, vmdesc, wait for SHUT. */
+  private async complete(opts: MigrateOptions): Promise<void> {
+    const w = this.writer!;
+    const saver = this.saver!;
+    this.downtimeStart = now();
+    await this.guest.stop();
+    this.guestStopped = true;
+    this.precopyBytes = w.bytesWritten;
+    if (this.capabilities.pauseBeforeSwitchover) {
+      this.statusPort.transition('active', 'pre-switchover');
+      await new Promise<void>((r) => (this.continueResolve = r));
+      this.continueResolve = undefined;
+      this.checkRunning();
+      this.statusPort.transition('pre-switchover', 'device');
+    } else {
+      this.statusPort.transition('active', 'device');
+    }
+    this.checkRunning();
+    this.bitmapSync();
+    writeSectionPart(w, SectionType.END, RAM_SECTION_ID);
+    let i = 0;
+    while (saver.sendNext(w, true) !== 0) {
+      if ((++i & 1023) === 0) {
+        await w.drain();
+        this.checkRunning();
+      }
+    }
+    w.be64(RamFlag.EOS);
+    writeFooter(w, RAM_SECTION_ID);
+    const devs = typeof opts.devices === 'function' ? opts.devices() : (opts.devices ?? []);
+    let id = RAM_SECTION_ID + 1;
+    for (const d of devs) {
+      writeSectionStart(w, SectionType.FULL, id, d.idstr, d.instanceId, d.versionId);
+      w.bytes(d.payload);
+      writeFooter(w, id);
+      id++;
+    }
+    w.u8(SectionType.EOF);
+    if (opts.vmdesc ?? true) writeVmdesc(w, vmdescJson(devs));
+    await w.drain();
+    this.downtimeBytes = w.bytesWritten - this.precopyBytes;
+    this.throttle.stop();
+    this.guest.stopDirtyLog?.();
+    if (this.rp) {
+      await this.rp.done;
+      if (this.rp.shutValue === undefined) {
+        throw new PostcopyError('RETURN_PATH', this.rp.error?.message ?? 'Return path closed before SHUT');
+      }
+      if (this.rp.shutValue !== 0) throw new PostcopyError('RETURN_PATH', `Destination reported failure (SHUT ${this.rp.shutValue})`);
+      if (this.rp.error) throw this.rp.error;
+    }
+    this.checkRunning();
+    const end = now();
+    this.totalTime = end - this.startTime;
+    this.downtime = end - this.downtimeStart;
+    const transferTime = this.totalTime - this.setupTime;
+    if (transferTime > 0) this.mbps = (w.bytesWritten * 8) / transferTime / 1000;
+    this.statusPort.transition('device', 'completed');
+    const ch = this.channel as Duplex;
+    ch.end();
+  }
+
+  /** query-migrate as QEMU shows it for the current status. */
+  queryMigrate(): SourceMigrationInfo {
+    const status = this.status;
+    if (status === 'none') return {};
+    if (status === 'setup') return { status };
+    if (status === 'failed') return { status, 'error-desc': this.errorDesc ?? 'unknown error' };
+    if (status === 'cancelled') return { status };
+    const info: SourceMigrationInfo = { status };
+    const ms = (v: number): number => Math.round(v);
+    if (status === 'completed') {
+      info['total-time'] = ms(this.totalTime);
+      info.downtime = ms(this.downtime);
+    } else {
+      info['total-time'] = ms(now() - this.startTime);
+      info['expected-downtime'] = ms(this.expectedDowntime);
+    }
+    info['setup-time'] = ms(this.setupTime);
+    info.ram = this.ramStats();
+    if (this.capabilities.xbzrle && this.saver && status !== 'completed') info['xbzrle-cache'] = this.saver.xbzrleStats();
+    if (this.capabilities.autoConverge && this.throttle.percentage > 0 && status !== 'completed') {
+      info['cpu-throttle-percentage'] = this.throttle.percentage;
+    }
+    return info;
+  }
+
+  /** The xbzrle-cache record regardless of status (tests, completed migrations). */
+  xbzrleStats(): ReturnType<RamSaver['xbzrleStats']> | undefined {
+    return this.saver?.xbzrleStats();
+  }
+
+  /** MigrationStats ("ram"). */
+  ramStats(): MigrationStats {
+    const s = this.saver;
+    const transferred = this.writer?.bytesWritten ?? 0;
+    const stopped = this.guestStopped || this.status === 'completed';
+    return {
+      transferred,
+      remaining: (s?.dirtyPages ?? 0) * TP,
+      total: this.guest.blocks.reduce((a, b) => a + b.usedLength, 0),
+      duplicate: s?.counters.duplicate ?? 0,
+      skipped: 0,
+      normal: s?.counters.normal ?? 0,
+      'normal-bytes': (s?.counters.normal ?? 0) * TP,
+      'dirty-pages-rate': this.dirtyPagesRate,
+      mbps: this.mbps,
+      'dirty-sync-count': this.dirtySyncCount,
+      'postcopy-requests': 0,
+      'page-size': TP,
+      'multifd-bytes': 0,
+      'pages-per-second': Math.round(this.pagesPerSecond),
+      'precopy-bytes': stopped ? this.precopyBytes : transferred,
+      'downtime-bytes': stopped ? (this.status === 'completed' ? this.downtimeBytes : transferred - this.precopyBytes) : 0,
+      'postcopy-bytes': 0,
+      'dirty-sync-missed-zero-copy': 0,
+    };
+  }
+}
