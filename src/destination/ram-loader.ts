@@ -1,0 +1,152 @@
+/**
+ * The destination's "ram" section loader (SPEC §3): setup payload, page
+ * records (ZERO, PAGE, XBZRLE), the CONTINUE rule, offset checks and the
+ * received bitmap. Error texts are QEMU's.
+ */
+import { ProtocolError } from '../errors.js';
+import { ENCODING_FLAG_XBZRLE, RamFlag, TARGET_PAGE_SIZE } from '../wire/constants.js';
+import type { ChannelReader } from '../engine/bytes.js';
+import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
+
+const TP = TARGET_PAGE_SIZE;
+const TWO_32 = 0x100000000;
+
+/** Creates a block when the destination adopts the source's RAM layout. */
+export type BlockAllocator = (idstr: string, usedLength: number, ramAddr: number) => EngineRamBlock;
+
+/** Default allocator: ordinary zeroed memory. */
+export const plainBlockAllocator: BlockAllocator = (idstr, usedLength, ramAddr) => ({
+  idstr,
+  usedLength,
+  ramAddr,
+  bytes: new Uint8Array(usedLength),
+});
+
+/** Incoming RAM state of one migration. */
+export class RamLoader {
+  /** Blocks, in the local (or adopted) order. */
+  blocks: EngineRamBlock[];
+  /** Received bitmap per block idstr (one bit per 4 KiB page). */
+  readonly received = new Map<string, PageBits>();
+  private lastBlock: EngineRamBlock | undefined;
+  private byName = new Map<string, EngineRamBlock>();
+  /** Pages received, by kind. */
+  readonly counters = { zero: 0, normal: 0, xbzrle: 0 };
+  private readonly xbuf = new Uint8Array(TP);
+
+  constructor(
+    blocks: readonly EngineRamBlock[],
+    private readonly ops: PageOps,
+    private readonly adopt: BlockAllocator | undefined,
+  ) {
+    this.blocks = [...blocks];
+    for (const b of blocks) this.index(b);
+  }
+
+  private index(b: EngineRamBlock): void {
+    this.byName.set(b.idstr, b);
+    this.received.set(b.idstr, new Uint32Array((Math.floor(b.usedLength / TP) + 31) >>> 5));
+  }
+
+  private fail(message: string, at: number): never {
+    throw new ProtocolError('ram', message, at);
+  }
+
+  /** Loads one RAM section payload up to and including its EOS. */
+  async load(r: ChannelReader): Promise<void> {
+    for (;;) {
+      if (r.available < 8) await r.need(8, 'ram record');
+      const at = r.offset;
+      const hi = r.be32();
+      const lo = r.be32();
+      const flags = lo & 0xfff;
+      const addr = hi * TWO_32 + (lo - flags);
+      const kind = flags & ~RamFlag.CONTINUE;
+      switch (kind) {
+        case RamFlag.EOS:
+          return;
+        case RamFlag.MEM_SIZE:
+          await this.loadSetup(r, addr, at);
+          break;
+        case RamFlag.ZERO:
+        case RamFlag.PAGE:
+        case RamFlag.XBZRLE:
+          await this.loadPage(r, kind, flags, addr, at);
+          break;
+        case RamFlag.COMPRESS_PAGE:
+          this.fail('Received an unexpected compressed page', at);
+        // eslint-disable-next-line no-fallthrough
+        default:
+          this.fail(`Unknown combination of migration flags: 0x${flags.toString(16)}`, at);
+      }
+    }
+  }
+
+  private async loadSetup(r: ChannelReader, total: number, at: number): Promise<void> {
+    let left = total;
+    let ramAddr = this.blocks.reduce((a, b) => Math.max(a, b.ramAddr + b.usedLength), 0);
+    while (left > 0) {
+      const id = await r.cstr8('ramblock idstr');
+      await r.need(8, 'ramblock length');
+      const length = r.be64();
+      let block = this.byName.get(id);
+      if (!block) {
+        if (!this.adopt) this.fail(`Unknown ramblock "${id}", cannot accept migration`, at);
+        if (length % TP !== 0) this.fail(`ramblock "${id}" length 0x${length.toString(16)} is not page aligned`, at);
+        block = this.adopt(id, length, ramAddr);
+        ramAddr += length;
+        this.blocks.push(block);
+        this.index(block);
+      } else if (length !== block.usedLength) {
+        this.fail(`Size mismatch: ${id}: 0x${length.toString(16)} != 0x${block.usedLength.toString(16)}: Invalid argument`, at);
+      }
+      if (length > left) this.fail('RAM setup lengths exceed the advertised total', at);
+      left -= length;
+    }
+  }
+
+  private async loadPage(r: ChannelReader, kind: number, flags: number, addr: number, at: number): Promise<void> {
+    let block: EngineRamBlock | undefined;
+    if (flags & RamFlag.CONTINUE) {
+      block = this.lastBlock;
+      if (!block) this.fail('Ack, bad migration stream!', at);
+    } else {
+      const id = await r.cstr8('ramblock idstr');
+      block = this.byName.get(id);
+      if (!block) this.fail(`Can't find block ${id}`, at);
+      this.lastBlock = block;
+    }
+    if (addr + TP > block.usedLength) this.fail(`Illegal RAM offset ${addr.toString(16)}`, at);
+    const mem = block.bytes;
+    switch (kind) {
+      case RamFlag.ZERO: {
+        if (r.available < 1) await r.need(1, 'zero page fill');
+        const fill = r.u8();
+        if (fill !== 0 || !this.ops.isZeroPage(mem, addr)) mem.fill(fill, addr, addr + TP);
+        this.counters.zero++;
+        break;
+      }
+      case RamFlag.PAGE:
+        if (r.available < TP) await r.need(TP, 'page');
+        r.copyTo(mem, addr, TP);
+        this.counters.normal++;
+        break;
+      default: {
+        await r.need(3, 'xbzrle header');
+        const enc = r.u8();
+        if (enc !== ENCODING_FLAG_XBZRLE) this.fail('Failed to load XBZRLE page - wrong compression!', at);
+        const len = r.be16();
+        if (len > TP) this.fail('Failed to load XBZRLE page - len overflow!', at);
+        await r.need(len, 'xbzrle data');
+        r.copyTo(this.xbuf, 0, len);
+        if (this.ops.xbzrleDecode(this.xbuf.subarray(0, len), mem, addr) < 0) {
+          this.fail('Failed to load XBZRLE page - decode error!', at);
+        }
+        this.counters.xbzrle++;
+      }
+    }
+    const bm = this.received.get(block.idstr)!;
+    const p = addr / TP;
+    bm[p >>> 5] = bm[p >>> 5]! | (1 << (p & 31));
+  }
+}

@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest';
+import { MigrationSource } from '../../src/source/source.js';
+import { MigrationDestination, encodeGlobalState } from '../../src/destination/destination.js';
+import { EngineStatus } from '../../src/engine/status.js';
+import { duplexPair, fillRandom, startDirtier, TestGuest } from './helpers.js';
+
+const MiB = 1 << 20;
+
+function guestWithContent(): TestGuest {
+  const g = new TestGuest([
+    { idstr: 'pc.ram', size: 4 * MiB },
+    { idstr: 'vga.vram', size: 256 * 1024 },
+  ]);
+  // first half random, then zero pages, a few sparse pages
+  fillRandom(g.blocks[0]!.bytes.subarray(0, 2 * MiB), 1);
+  for (let p = 600; p < 1024; p += 17) g.blocks[0]!.bytes[p * 4096 + 5] = 9;
+  fillRandom(g.blocks[1]!.bytes.subarray(0, 8192), 2);
+  return g;
+}
+
+function destFor(g: TestGuest, extra: Partial<ConstructorParameters<typeof MigrationDestination>[0]> = {}): MigrationDestination {
+  return new MigrationDestination({
+    blocks: g.blocks.map((b) => ({ ...b, bytes: new Uint8Array(b.usedLength) })),
+    ...extra,
+  });
+}
+
+describe('precopy source → destination (in-memory pair)', () => {
+  it('copies RAM byte for byte and reports consistent statistics', async () => {
+    const g = guestWithContent();
+    const [a, b] = duplexPair();
+    let wire = 0;
+    b.on('data', (c: Uint8Array) => (wire += c.length));
+    const src = new MigrationSource(g, { parameters: { maxBandwidth: 1e12 } });
+    const dst = destFor(g);
+    const [s, d] = await Promise.all([
+      src.migrate(a, { devices: () => [{ idstr: 'globalstate', instanceId: 0, versionId: 1, payload: encodeGlobalState(g.runState) }] }),
+      dst.load(b),
+    ]);
+    expect(s).toBe('completed');
+    expect(d).toBe('completed');
+    for (let i = 0; i < g.blocks.length; i++) expect(Buffer.compare(dst.blocks[i]!.bytes, g.blocks[i]!.bytes)).toBe(0);
+    const info = src.queryMigrate();
+    expect(info.status).toBe('completed');
+    const ram = info.ram!;
+    expect(ram.transferred).toBe(wire);
+    expect(ram.total).toBe(4 * MiB + 256 * 1024);
+    const counts = dst.pageCounts;
+    expect(ram.normal).toBe(counts.normal);
+    expect(ram.duplicate).toBe(counts.zero);
+    expect(ram['normal-bytes']).toBe(ram.normal * 4096);
+    expect(ram.normal + ram.duplicate).toBe((4 * MiB + 256 * 1024) / 4096);
+    expect(ram['precopy-bytes'] + ram['downtime-bytes']).toBe(ram.transferred);
+    expect(ram.remaining).toBe(0);
+    expect(ram['dirty-sync-count']).toBeGreaterThanOrEqual(2);
+    expect(dst.runState).toBe('running');
+    expect(g.stopped).toBe(true);
+  });
+
+  it('keeps up with a guest that dirties pages while precopy runs, with XBZRLE', async () => {
+    const g = guestWithContent();
+    const stop = startDirtier(g, { pagesPerTick: 4, intervalMs: 1, workingSet: 128 });
+    setTimeout(stop, 700);
+    const [a, b] = duplexPair();
+    const status = new EngineStatus();
+    const src = new MigrationSource(g, {
+      capabilities: { xbzrle: true, events: true },
+      parameters: { maxBandwidth: 16 * MiB, downtimeLimit: 1, xbzrleCacheSize: 1 * MiB },
+      status,
+    });
+    let passes = 0;
+    src.on('MIGRATION_PASS', () => passes++);
+    const dst = destFor(g);
+    const [s, d] = await Promise.all([src.migrate(a), dst.load(b)]);
+    stop();
+    expect(s).toBe('completed');
+    expect(d).toBe('completed');
+    for (let i = 0; i < g.blocks.length; i++) expect(Buffer.compare(dst.blocks[i]!.bytes, g.blocks[i]!.bytes)).toBe(0);
+    const x = src.xbzrleStats()!;
+    expect(x.pages).toBeGreaterThan(0);
+    expect(dst.pageCounts.xbzrle).toBeGreaterThan(0);
+    expect(x['cache-size']).toBe(1 * MiB);
+    expect(passes).toBe(src.ramStats()['dirty-sync-count']);
+    expect(passes).toBeGreaterThan(2);
+    expect(status.history).toEqual(['setup', 'active', 'device', 'completed']);
+  });
+});
