@@ -1,0 +1,232 @@
+/**
+ * JSON as QMP speaks it.
+ *
+ * QEMU keeps integers exact up to 64 bits and tells integers from floats
+ * (`1` is an integer, `1.0` a double, and a uint8 parameter refuses the
+ * latter). JavaScript's JSON.parse loses both, so this module has its own
+ * small parser and a serializer that prints what QEMU 7.2 prints:
+ * `{"a": 1, "b": [1, 2]}` with ", " and ": " separators, non-ASCII and control
+ * characters as upper-case `\uXXXX` escapes (surrogate pairs for astral
+ * characters), doubles with 17 significant digits ("%.17g").
+ */
+
+/** A JSON number written with a fraction or exponent (a QAPI "number"). */
+export class JsonFloat {
+  constructor(readonly value: number) {}
+}
+
+/**
+ * A parsed QMP value. Integers are `number` when they are safe integers and
+ * `bigint` otherwise (within int64/uint64); integers beyond 64 bits and
+ * numbers with a fraction or exponent are {@link JsonFloat}.
+ */
+export type QmpValue = null | boolean | number | bigint | string | JsonFloat | QmpValue[] | QmpObject;
+/** A JSON object as parsed (own keys only). */
+export interface QmpObject {
+  [key: string]: QmpValue;
+}
+
+/** Thrown by {@link parseQmpJson}; the message is QEMU's "JSON parse error, ..." text. */
+export class JsonParseError extends Error {}
+
+const INT64_MIN = -(2n ** 63n);
+const UINT64_MAX = 2n ** 64n - 1n;
+
+/** True for a plain JSON object value (not an array, not null, not a float). */
+export function isQmpObject(v: unknown): v is QmpObject {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof JsonFloat);
+}
+
+/** Parse one JSON text. Throws JsonParseError with a QEMU-like message. */
+export function parseQmpJson(text: string): QmpValue {
+  let i = 0;
+  const n = text.length;
+  const ws = (): void => {
+    while (i < n && (text[i] === ' ' || text[i] === '\t' || text[i] === '\n' || text[i] === '\r')) i++;
+  };
+  const fail = (what: string): never => {
+    throw new JsonParseError(`JSON parse error, ${what}`);
+  };
+  const value = (depth: number): QmpValue => {
+    if (depth > 1024) fail('nesting too deep');
+    ws();
+    if (i >= n) return fail('expecting value');
+    const c = text[i]!;
+    if (c === '{') {
+      i++;
+      const obj: QmpObject = {};
+      ws();
+      if (text[i] === '}') {
+        i++;
+        return obj;
+      }
+      for (;;) {
+        ws();
+        if (text[i] !== '"' && text[i] !== "'") fail('key is not a string in object');
+        const key = str();
+        ws();
+        if (text[i] !== ':') fail('missing : in object pair');
+        i++;
+        if (Object.prototype.hasOwnProperty.call(obj, key)) fail(`duplicate key '${key}'`);
+        Object.defineProperty(obj, key, { value: value(depth + 1), enumerable: true, writable: true, configurable: true });
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === '}') {
+          i++;
+          return obj;
+        }
+        fail('expected separator in dict');
+      }
+    }
+    if (c === '[') {
+      i++;
+      const arr: QmpValue[] = [];
+      ws();
+      if (text[i] === ']') {
+        i++;
+        return arr;
+      }
+      for (;;) {
+        arr.push(value(depth + 1));
+        ws();
+        if (text[i] === ',') {
+          i++;
+          continue;
+        }
+        if (text[i] === ']') {
+          i++;
+          return arr;
+        }
+        fail('expected separator in list');
+      }
+    }
+    if (c === '"' || c === "'") return str();
+    if (c === '-' || (c >= '0' && c <= '9')) return num();
+    const m = /^[A-Za-z_][A-Za-z0-9_]*/.exec(text.slice(i));
+    if (m) {
+      i += m[0].length;
+      if (m[0] === 'true') return true;
+      if (m[0] === 'false') return false;
+      if (m[0] === 'null') return null;
+      return fail(`invalid keyword '${m[0]}'`);
+    }
+    return fail('expecting value');
+  };
+  const str = (): string => {
+    const quote = text[i]!;
+    i++;
+    let out = '';
+    while (i < n) {
+      const c = text[i]!;
+      if (c === quote) {
+        i++;
+        return out;
+      }
+      if (c === '\\') {
+        const e = text[i + 1];
+        i += 2;
+        switch (e) {
+          case '"': out += '"'; break;
+          case "'": out += "'"; break;
+          case '\\': out += '\\'; break;
+          case '/': out += '/'; break;
+          case 'b': out += '\b'; break;
+          case 'f': out += '\f'; break;
+          case 'n': out += '\n'; break;
+          case 'r': out += '\r'; break;
+          case 't': out += '\t'; break;
+          case 'u': {
+            const hex = text.slice(i, i + 4);
+            if (!/^[0-9a-fA-F]{4}$/.test(hex)) fail('invalid escape sequence in string');
+            out += String.fromCharCode(parseInt(hex, 16));
+            i += 4;
+            break;
+          }
+          default:
+            fail('invalid escape sequence in string');
+        }
+        continue;
+      }
+      if (c < ' ') fail('invalid character in string');
+      out += c;
+      i++;
+    }
+    return fail('missing closing quote in string');
+  };
+  const num = (): QmpValue => {
+    const m = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(i));
+    if (!m) return fail('invalid number');
+    i += m[0].length;
+    if (m[2] !== undefined || m[3] !== undefined) return new JsonFloat(Number(m[0]));
+    const big = BigInt(m[0]);
+    if (big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(big);
+    if (big >= INT64_MIN && big <= UINT64_MAX) return big;
+    return new JsonFloat(Number(m[0]));
+  };
+  const v = value(0);
+  ws();
+  if (i < n) fail('expecting end of input');
+  return v;
+}
+
+function escapeString(s: string): string {
+  let out = '"';
+  for (let k = 0; k < s.length; k++) {
+    const c = s.charCodeAt(k);
+    if (c === 0x22) out += '\\"';
+    else if (c === 0x5c) out += '\\\\';
+    else if (c === 0x08) out += '\\b';
+    else if (c === 0x0c) out += '\\f';
+    else if (c === 0x0a) out += '\\n';
+    else if (c === 0x0d) out += '\\r';
+    else if (c === 0x09) out += '\\t';
+    else if (c < 0x20 || c >= 0x7f) out += '\\u' + c.toString(16).toUpperCase().padStart(4, '0');
+    else out += s[k];
+  }
+  return out + '"';
+}
+
+/** Format a double like C's "%.17g" (what QEMU uses for QNUM_DOUBLE). */
+export function formatDouble(v: number): string {
+  if (!Number.isFinite(v)) return 'null';
+  if (v === 0) return Object.is(v, -0) ? '-0' : '0';
+  const exp = Math.floor(Math.log10(Math.abs(v)));
+  if (exp < -4 || exp >= 17) {
+    const [mant, e] = v.toExponential(16).split('e') as [string, string];
+    const m = mant.includes('.') ? mant.replace(/0+$/, '').replace(/\.$/, '') : mant;
+    const en = Number(e);
+    return `${m}e${en < 0 ? '-' : '+'}${String(Math.abs(en)).padStart(2, '0')}`;
+  }
+  const p = v.toPrecision(17);
+  return p.includes('.') ? p.replace(/0+$/, '').replace(/\.$/, '') : p;
+}
+
+/** Values the serializer accepts: QmpValue plus plain JS objects/undefined members (skipped). */
+export type JsonOut = QmpValue | undefined | readonly JsonOut[] | { readonly [k: string]: JsonOut };
+
+/**
+ * Serialize like QEMU 7.2's QMP monitor. Integral `number`s print as
+ * integers, other numbers with "%.17g"; `bigint` prints exactly;
+ * object members whose value is `undefined` are omitted; key order is the
+ * object's insertion order.
+ */
+export function toQmpJson(v: JsonOut): string {
+  if (v === null || v === undefined) return 'null';
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (typeof v === 'bigint') return v.toString();
+  if (typeof v === 'number') return Number.isInteger(v) && Math.abs(v) < 2 ** 64 ? BigInt(v).toString() : formatDouble(v);
+  if (typeof v === 'string') return escapeString(v);
+  if (v instanceof JsonFloat) return formatDouble(v.value);
+  if (Array.isArray(v)) {
+    return '[' + (v as readonly JsonOut[]).map((x) => toQmpJson(x)).join(', ') + ']';
+  }
+  const parts: string[] = [];
+  for (const [k, x] of Object.entries(v as { readonly [k: string]: JsonOut })) {
+    if (x === undefined) continue;
+    parts.push(`${escapeString(k)}: ${toQmpJson(x)}`);
+  }
+  return '{' + parts.join(', ') + '}';
+}
