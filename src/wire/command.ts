@@ -120,7 +120,7 @@ export function decodeCommandBody(c: ByteCursor): Command {
       return { kind: 'postcopyResume' };
     default: {
       // RECV_BITMAP: cstr8 name, len must be name_len + 1, name non-empty.
-      const nameLen = len > 0 ? payload[0]! : -1;
+      const nameLen = len > 0 ? payload[0]! : -2;
       if (nameLen + 1 !== len) {
         throw c.error(what, `loadvm_handle_recv_bitmap: invalid payload length (${len})`, at + 2);
       }
