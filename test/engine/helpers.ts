@@ -122,7 +122,7 @@ export function startDirtier(
     if (g.stopped) return;
     const n = Math.max(1, Math.round(opts.pagesPerTick * (1 - g.throttle / 100)));
     for (let k = 0; k < n; k++) {
-      x = (x * 1103515245 + 12345) >>> 0;
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
       const p = x % pages;
       const off = p * 4096 + ((x >>> 8) & 4095);
       g.write(blk, off, Uint8Array.of((x >>> 16) & 0xff | 1));
