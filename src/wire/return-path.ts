@@ -58,16 +58,16 @@ export function decodeRpMessage(c: ByteCursor): RpMessage {
     case RpMsg.REQ_PAGES:
       return { kind: 'reqPages', start: p.be64n('request start'), length: p.be32() };
     case RpMsg.REQ_PAGES_ID: {
-      const nameLen = len >= 13 ? payload[12]! : -1;
-      if (len !== 13 + nameLen) {
-        throw c.error('return path', `RP: Req_Page_id with length ${len} expecting ${13 + Math.max(0, nameLen)}`, at + 2);
+      const expected = 13 + (len >= 13 ? payload[12]! : 0);
+      if (len !== expected) {
+        throw c.error('return path', `RP: Req_Page_id with length ${len} expecting ${expected}`, at + 2);
       }
       const start = p.be64n('request start');
       const length = p.be32();
       return { kind: 'reqPagesId', start, length, blockName: p.cstr8('block name') };
     }
     case RpMsg.RECV_BITMAP: {
-      if (len < 1) throw c.error('return path', 'migrate_handle_rp_recv_bitmap: invalid payload length (0)', at + 2);
+      if (len < 1) throw c.error('return path', 'RP: RECV_BITMAP with empty payload (length 0)', at + 2);
       const n = payload[0]!;
       // QEMU reads payload[1 .. 1+n] without checking n against len.
       if (1 + n > len) {
