@@ -122,17 +122,17 @@ export function checkCapabilities(caps: Capabilities, old: Capabilities, ctx: Ca
   if (caps.multifd && caps.compress) throw new QmpError('Multifd is not compatible with compress');
 }
 
+/** One requested change of migrate-set-capabilities. */
+export type CapabilityChange = readonly [CapabilityName, boolean];
+
 /**
- * `migrate-set-capabilities`: validate the QMP `capabilities` argument
- * (`[{capability, state}]`, QAPI errors as QEMU words them), apply it to a
- * copy of `current`, run the cross-checks and return the new record. Nothing
- * changes when anything is wrong (all or nothing, as in QEMU).
+ * Type-check the QMP `capabilities` argument (`[{capability, state}]`) with
+ * QEMU's QAPI texts; returns the requested changes in order.
  */
-export function applyCapabilities(current: Capabilities, list: QmpValue | undefined, ctx: CapabilityContext = {}): Capabilities {
+export function visitCapabilities(list: QmpValue | undefined): CapabilityChange[] {
   if (list === undefined) throw new QmpError("Parameter 'capabilities' is missing");
   const items = toArray(list, 'capabilities');
-  const changes: Array<[CapabilityName, boolean]> = [];
-  items.forEach((item, i) => {
+  return items.map((item, i) => {
     const prefix = `capabilities[${i}].`;
     const o = toObject(item, `capabilities[${i}]`);
     if (!Object.prototype.hasOwnProperty.call(o, 'capability')) throw new QmpError(`Parameter '${prefix}capability' is missing`);
@@ -141,8 +141,16 @@ export function applyCapabilities(current: Capabilities, list: QmpValue | undefi
     const name = toEnum(v, 'capability', CAPABILITY_NAMES);
     const state = argBool(o, 'state', prefix);
     checkMembers(o, ['capability', 'state'], prefix);
-    changes.push([name, state]);
+    return [name, state] as const;
   });
+}
+
+/**
+ * Apply already visited changes to a copy of `current`: refuses while a
+ * migration runs, refuses capabilities we cannot honour, runs QEMU's
+ * cross-checks, and returns the new record. All or nothing.
+ */
+export function commitCapabilities(current: Capabilities, changes: readonly CapabilityChange[], ctx: CapabilityContext = {}): Capabilities {
   if (ctx.migrationActive) throw new QmpError("There's a migration process in progress");
   const next = { ...current };
   for (const [name, state] of changes) next[name] = state;
@@ -154,6 +162,14 @@ export function applyCapabilities(current: Capabilities, list: QmpValue | undefi
   }
   checkCapabilities(next, current, ctx);
   return next;
+}
+
+/**
+ * `migrate-set-capabilities` in one call: {@link visitCapabilities} then
+ * {@link commitCapabilities}.
+ */
+export function applyCapabilities(current: Capabilities, list: QmpValue | undefined, ctx: CapabilityContext = {}): Capabilities {
+  return commitCapabilities(current, visitCapabilities(list), ctx);
 }
 
 /** One entry of query-migrate-capabilities, members in QEMU's output order. */

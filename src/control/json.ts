@@ -67,7 +67,7 @@ export function parseQmpJson(text: string): QmpValue {
         ws();
         if (text[i] !== ':') fail('missing : in object pair');
         i++;
-        if (Object.prototype.hasOwnProperty.call(obj, key)) fail(`duplicate key '${key}'`);
+        if (Object.prototype.hasOwnProperty.call(obj, key)) fail('duplicate key');
         Object.defineProperty(obj, key, { value: value(depth + 1), enumerable: true, writable: true, configurable: true });
         ws();
         if (text[i] === ',') {
