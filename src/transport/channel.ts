@@ -97,7 +97,7 @@ export function toChannel<T extends Duplex>(
 }
 
 class MemoryEnd extends Duplex {
-  peer!: MemoryEnd;
+  other!: MemoryEnd;
   /** Our peer's write callback, held while our read buffer is full. */
   heldWrite: (() => void) | undefined;
 
@@ -106,7 +106,7 @@ class MemoryEnd extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
-    const p = this.peer;
+    const p = this.other;
     if (p.destroyed || p.readableEnded) {
       cb(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
       return;
@@ -122,12 +122,12 @@ class MemoryEnd extends Duplex {
   }
 
   override _final(cb: (e?: Error | null) => void): void {
-    if (!this.peer.destroyed) this.peer.push(null);
+    if (!this.other.destroyed) this.other.push(null);
     cb();
   }
 
   override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
-    const p = this.peer;
+    const p = this.other;
     // The peer sees end of stream, as after a TCP FIN.
     if (!p.destroyed && !p.readableEnded) p.push(null);
     const held = this.heldWrite;
@@ -145,8 +145,8 @@ class MemoryEnd extends Duplex {
 export function memoryChannelPair(highWaterMark = 1 << 20): [Channel, Channel] {
   const a = new MemoryEnd(highWaterMark);
   const b = new MemoryEnd(highWaterMark);
-  a.peer = b;
-  b.peer = a;
+  a.other = b;
+  b.other = a;
   const peer: PeerInfo = { transport: 'memory', description: 'memory' };
   const reset = (other: MemoryEnd) => () => {
     if (!other.destroyed) other.destroy(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }));
