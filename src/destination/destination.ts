@@ -267,7 +267,7 @@ export class MigrationDestination extends EventEmitter {
     if (r.u8() !== SectionType.FOOTER) throw new ProtocolError('section', `Missing section footer for ${idstr}`, at);
     await r.need(4, 'section footer');
     const got = r.be32();
-    if (got !== id) throw new ProtocolError('section', `Mismatched section id in footer for ${idstr} -- read 0x${hex(got)} expected 0x${hex(id)}`, at);
+    if (got !== id) throw new ProtocolError('section', `Mismatched section id in footer for ${idstr} - read 0x${hex(got)} expected 0x${hex(id)}`, at);
   }
 
   private async loadCommand(r: ChannelReader, channel: Duplex, at: number): Promise<void> {

@@ -32,13 +32,14 @@ export class RamLoader {
   private byName = new Map<string, EngineRamBlock>();
   /** Pages received, by kind. */
   readonly counters = { zero: 0, normal: 0, xbzrle: 0 };
-  private readonly xbuf = new Uint8Array(TP);
+  private readonly xbuf: Uint8Array;
 
   constructor(
     blocks: readonly EngineRamBlock[],
     private readonly ops: PageOps,
     private readonly adopt: BlockAllocator | undefined,
   ) {
+    this.xbuf = ops.alloc(TP);
     this.blocks = [...blocks];
     for (const b of blocks) this.index(b);
   }

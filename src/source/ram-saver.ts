@@ -72,8 +72,8 @@ export class RamSaver {
   readonly counters: RamCounters = { duplicate: 0, normal: 0, targetPageCount: 0, pageBytes: 0 };
   cache: XbzrleCache | undefined;
   readonly xbzrle = { bytes: 0, pages: 0, cacheMiss: 0, overflow: 0, cacheMissRate: 0, encodingRate: 0 };
-  private readonly encoded = new Uint8Array(TP);
-  private readonly scratch = new Uint8Array(TP);
+  private readonly encoded: Uint8Array;
+  private readonly scratch: Uint8Array;
   /** Bitmap-sync generation (dirty-sync-count), the cache's age. */
   generation = 0;
 
@@ -83,6 +83,8 @@ export class RamSaver {
     private readonly useXbzrle: boolean,
     cacheSize: number,
   ) {
+    this.encoded = ops.alloc(TP);
+    this.scratch = ops.alloc(TP);
     this.pages = blocks.map((b) => Math.floor(b.usedLength / TP));
     this.bitmaps = this.pages.map((n) => new Uint32Array((n + 31) >>> 5));
     if (useXbzrle) this.cache = new XbzrleCache(cacheSize, ops.alloc);

@@ -212,13 +212,10 @@ export class MigrationSource extends EventEmitter {
     }
   }
 
+  /** Throws when cancelled or the channel broke (a bad return path fails only at completion, as in QEMU). */
   private checkRunning(): void {
-    const s = this.status;
-    if (s === 'cancelling') throw new PostcopyError('CANCELLED', 'migration cancelled');
+    if (this.status === 'cancelling') throw new PostcopyError('CANCELLED', 'migration cancelled');
     this.writer!.check();
-    if (this.rp?.error && this.rp.error.name !== 'TruncatedError') {
-      // A bad return path fails the migration at completion, as in QEMU.
-    }
   }
 
   private async run(channel: Duplex, opts: MigrateOptions): Promise<void> {
@@ -393,8 +390,6 @@ export class MigrationSource extends EventEmitter {
       this.continueResolve = undefined;
       this.checkRunning();
       this.statusPort.transition('pre-switchover', 'device');
-    } else {
-      this.statusPort.transition('active', 'device');
     }
     this.checkRunning();
     this.bitmapSync();
@@ -436,7 +431,7 @@ export class MigrationSource extends EventEmitter {
     this.downtime = end - this.downtimeStart;
     const transferTime = this.totalTime - this.setupTime;
     if (transferTime > 0) this.mbps = (w.bytesWritten * 8) / transferTime / 1000;
-    this.statusPort.transition('device', 'completed');
+    this.statusPort.transition(this.capabilities.pauseBeforeSwitchover ? 'device' : 'active', 'completed');
     const ch = this.channel as Duplex;
     ch.end();
   }

@@ -59,8 +59,7 @@ describe('precopy source → destination (in-memory pair)', () => {
 
   it('keeps up with a guest that dirties pages while precopy runs, with XBZRLE', async () => {
     const g = guestWithContent();
-    const stop = startDirtier(g, { pagesPerTick: 4, intervalMs: 1, workingSet: 128 });
-    setTimeout(stop, 700);
+    const stop = startDirtier(g, { pagesPerTick: 16, intervalMs: 1, workingSet: 128 });
     const [a, b] = duplexPair();
     const status = new EngineStatus();
     const src = new MigrationSource(g, {
@@ -69,7 +68,8 @@ describe('precopy source → destination (in-memory pair)', () => {
       status,
     });
     let passes = 0;
-    src.on('MIGRATION_PASS', () => passes++);
+    // keep dirtying for 6 passes (XBZRLE: pass 2 fills the cache, later passes hit it)
+    src.on('MIGRATION_PASS', () => ++passes === 6 && stop());
     const dst = destFor(g);
     const [s, d] = await Promise.all([src.migrate(a), dst.load(b)]);
     stop();
@@ -81,7 +81,7 @@ describe('precopy source → destination (in-memory pair)', () => {
     expect(dst.pageCounts.xbzrle).toBeGreaterThan(0);
     expect(x['cache-size']).toBe(1 * MiB);
     expect(passes).toBe(src.ramStats()['dirty-sync-count']);
-    expect(passes).toBeGreaterThan(2);
-    expect(status.history).toEqual(['setup', 'active', 'device', 'completed']);
+    expect(passes).toBeGreaterThanOrEqual(6);
+    expect(status.history).toEqual(['setup', 'active', 'completed']);
   });
 });
