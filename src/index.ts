@@ -4,3 +4,5 @@
  */
 export * from './errors.js';
 export * as constants from './wire/constants.js';
+/** WebAssembly hot path: XBZRLE (QEMU-exact), zero-page test, shared-memory layout. */
+export { Hotpath, xbzrleEncode, xbzrleDecode, isZeroPage, type HotpathOptions } from './hotpath/index.js';

@@ -1,0 +1,244 @@
+// XBZRLE delta encoding (SPEC.md §4), byte-exact with QEMU 7.2.
+// All functions work on byte offsets into the imported (shared) linear memory.
+// No allocation, no GC objects.
+
+/** Largest value a "small" ULEB128 can hold (14 bits). */
+const ULEB_MAX: i32 = 0x3fff;
+
+/** Decoder error codes (negative return values of xbzrleDecode). */
+export const DECODE_ERR_SHORT_ZRUN: i32 = -1; // fewer than 2 bytes where a zrun starts
+export const DECODE_ERR_BAD_ZRUN_ULEB: i32 = -2; // zrun ULEB longer than 14 bits
+export const DECODE_ERR_ZERO_ZRUN: i32 = -3; // zrun 0 after the first tuple
+export const DECODE_ERR_ZRUN_PAST_PAGE: i32 = -4; // d + zrun > dlen
+export const DECODE_ERR_SHORT_NZRUN: i32 = -5; // fewer than 2 bytes where a nzrun starts
+export const DECODE_ERR_BAD_NZRUN_ULEB: i32 = -6; // nzrun ULEB longer than 14 bits
+export const DECODE_ERR_ZERO_NZRUN: i32 = -7; // nzrun 0
+export const DECODE_ERR_NZRUN_PAST_PAGE: i32 = -8; // d + nzrun > dlen
+export const DECODE_ERR_NZRUN_PAST_INPUT: i32 = -9; // i + nzrun > slen
+
+// @ts-ignore: decorator
+@inline
+function ulebPut(dst: usize, v: i32): i32 {
+  if (v < 0x80) {
+    store<u8>(dst, <u8>v);
+    return 1;
+  }
+  store<u8>(dst, <u8>((v & 0x7f) | 0x80));
+  store<u8>(dst, <u8>(v >> 7), 1);
+  return 2;
+}
+
+// @ts-ignore: decorator
+@inline
+function copyBytes(dst: usize, src: usize, n: i32): void {
+  if (n < 32) {
+    for (let k = 0; k < n; k++) store<u8>(dst + <usize>k, load<u8>(src + <usize>k));
+  } else {
+    memory.copy(dst, src, <usize>n);
+  }
+}
+
+// ---------------------------------------------------------------- SIMD scans
+
+/** First index >= i where a[] != b[] (n if none), 16 bytes at a time. */
+// @ts-ignore: decorator
+@inline
+function firstDiffSimd(a: usize, b: usize, i: i32, n: i32): i32 {
+  while (i + 64 <= n) {
+    const pa = a + <usize>i;
+    const pb = b + <usize>i;
+    const x = v128.or(
+      v128.or(v128.xor(v128.load(pa), v128.load(pb)), v128.xor(v128.load(pa, 16), v128.load(pb, 16))),
+      v128.or(v128.xor(v128.load(pa, 32), v128.load(pb, 32)), v128.xor(v128.load(pa, 48), v128.load(pb, 48))),
+    );
+    if (v128.any_true(x)) break;
+    i += 64;
+  }
+  while (i + 16 <= n) {
+    const m = i8x16.bitmask(i8x16.eq(v128.load(a + <usize>i), v128.load(b + <usize>i)));
+    if (m != 0xffff) return i + ctz<i32>(~m);
+    i += 16;
+  }
+  while (i < n && load<u8>(a + <usize>i) == load<u8>(b + <usize>i)) i++;
+  return i;
+}
+
+/** First index >= i where a[] == b[] (n if none), 16 bytes at a time. */
+// @ts-ignore: decorator
+@inline
+function firstEqualSimd(a: usize, b: usize, i: i32, n: i32): i32 {
+  while (i + 16 <= n) {
+    const m = i8x16.bitmask(i8x16.eq(v128.load(a + <usize>i), v128.load(b + <usize>i)));
+    if (m != 0) return i + ctz<i32>(m);
+    i += 16;
+  }
+  while (i < n && load<u8>(a + <usize>i) != load<u8>(b + <usize>i)) i++;
+  return i;
+}
+
+// -------------------------------------------------------------- scalar scans
+
+/** First index >= i where a[] != b[], 8 bytes at a time (scalar twin). */
+// @ts-ignore: decorator
+@inline
+function firstDiffScalar(a: usize, b: usize, i: i32, n: i32): i32 {
+  while (i + 8 <= n) {
+    const x = load<u64>(a + <usize>i) ^ load<u64>(b + <usize>i);
+    if (x != 0) return i + <i32>(ctz<u64>(x) >> 3);
+    i += 8;
+  }
+  while (i < n && load<u8>(a + <usize>i) == load<u8>(b + <usize>i)) i++;
+  return i;
+}
+
+/** First index >= i where a[] == b[], byte at a time (scalar twin). */
+// @ts-ignore: decorator
+@inline
+function firstEqualScalar(a: usize, b: usize, i: i32, n: i32): i32 {
+  while (i < n && load<u8>(a + <usize>i) != load<u8>(b + <usize>i)) i++;
+  return i;
+}
+
+// ------------------------------------------------------------------ encoders
+// The overflow checks sit exactly where QEMU's encoder has them (SPEC §4.1.8):
+// (1) d + 2 > dlen at the start of every tuple, (2) after the zrun ULEB,
+// (3) d + nzrun > dlen after the nzrun ULEB.
+
+/**
+ * Encodes `newPtr` against `oldPtr` (slen bytes, slen <= 16384) into dst
+ * (at most dlen bytes). Returns the encoded length, 0 if unchanged, -1 on
+ * overflow. SIMD version.
+ */
+export function xbzrleEncodeSimd(oldPtr: usize, newPtr: usize, slen: i32, dst: usize, dlen: i32): i32 {
+  let i = 0;
+  let d = 0;
+  while (i < slen) {
+    if (d + 2 > dlen) return -1;
+    const j = firstDiffSimd(oldPtr, newPtr, i, slen);
+    const zrun = j - i;
+    if (zrun == slen) return 0;
+    if (j == slen) return d;
+    d += ulebPut(dst + <usize>d, zrun);
+    if (d + 2 > dlen) return -1;
+    const k = firstEqualSimd(oldPtr, newPtr, j, slen);
+    const nz = k - j;
+    d += ulebPut(dst + <usize>d, nz);
+    if (d + nz > dlen) return -1;
+    copyBytes(dst + <usize>d, newPtr + <usize>j, nz);
+    d += nz;
+    i = k;
+  }
+  return d;
+}
+
+/** Scalar twin of xbzrleEncodeSimd (same contract, same output). */
+export function xbzrleEncodeScalar(oldPtr: usize, newPtr: usize, slen: i32, dst: usize, dlen: i32): i32 {
+  let i = 0;
+  let d = 0;
+  while (i < slen) {
+    if (d + 2 > dlen) return -1;
+    const j = firstDiffScalar(oldPtr, newPtr, i, slen);
+    const zrun = j - i;
+    if (zrun == slen) return 0;
+    if (j == slen) return d;
+    d += ulebPut(dst + <usize>d, zrun);
+    if (d + 2 > dlen) return -1;
+    const k = firstEqualScalar(oldPtr, newPtr, j, slen);
+    const nz = k - j;
+    d += ulebPut(dst + <usize>d, nz);
+    if (d + nz > dlen) return -1;
+    copyBytes(dst + <usize>d, newPtr + <usize>j, nz);
+    d += nz;
+    i = k;
+  }
+  return d;
+}
+
+// ------------------------------------------------------------------- decoder
+
+/**
+ * Applies the encoding at src (slen bytes) onto dst (dlen bytes), validating
+ * as QEMU does (SPEC §4.2). Returns d (end of the last changed run) or one of
+ * the negative DECODE_ERR_* codes. Never writes outside dst[0..dlen).
+ * The input position of an error is left in `decodeErrorPos`.
+ */
+export function xbzrleDecode(src: usize, slen: i32, dst: usize, dlen: i32): i32 {
+  let i = 0;
+  let d = 0;
+  while (i < slen) {
+    if (slen - i < 2) return fail(i, DECODE_ERR_SHORT_ZRUN);
+    const tupleStart = i;
+    // zrun
+    let b0 = <i32>load<u8>(src + <usize>i);
+    let count: i32;
+    if (b0 < 0x80) {
+      count = b0;
+      i += 1;
+    } else {
+      const b1 = <i32>load<u8>(src + <usize>i, 1);
+      if (b1 & 0x80) return fail(i, DECODE_ERR_BAD_ZRUN_ULEB);
+      count = (b0 & 0x7f) | (b1 << 7);
+      i += 2;
+    }
+    if (tupleStart != 0 && count == 0) return fail(tupleStart, DECODE_ERR_ZERO_ZRUN);
+    d += count;
+    if (d > dlen) return fail(tupleStart, DECODE_ERR_ZRUN_PAST_PAGE);
+    // nzrun
+    if (slen - i < 2) return fail(i, DECODE_ERR_SHORT_NZRUN);
+    const nzStart = i;
+    b0 = <i32>load<u8>(src + <usize>i);
+    if (b0 < 0x80) {
+      count = b0;
+      i += 1;
+    } else {
+      const b1 = <i32>load<u8>(src + <usize>i, 1);
+      if (b1 & 0x80) return fail(i, DECODE_ERR_BAD_NZRUN_ULEB);
+      count = (b0 & 0x7f) | (b1 << 7);
+      i += 2;
+    }
+    if (count == 0) return fail(nzStart, DECODE_ERR_ZERO_NZRUN);
+    if (d + count > dlen) return fail(nzStart, DECODE_ERR_NZRUN_PAST_PAGE);
+    if (i + count > slen) return fail(nzStart, DECODE_ERR_NZRUN_PAST_INPUT);
+    copyBytes(dst + <usize>d, src + <usize>i, count);
+    d += count;
+    i += count;
+  }
+  return d;
+}
+
+let errorPos: i32 = 0;
+
+// @ts-ignore: decorator
+@inline
+function fail(pos: i32, code: i32): i32 {
+  errorPos = pos;
+  return code;
+}
+
+/** Input offset of the item that made the last xbzrleDecode call fail. */
+export function decodeErrorPos(): i32 {
+  return errorPos;
+}
+
+/** Encodes v (0..0x3fff) as a small ULEB128 at dst; returns bytes written, -1 if out of range. */
+export function ulebEncodeSmall(dst: usize, v: i32): i32 {
+  if (v < 0 || v > ULEB_MAX) return -1;
+  return ulebPut(dst, v);
+}
+
+/**
+ * Decodes a small ULEB128 at src; stores the value as u32 at out. Returns the
+ * byte count (1 or 2) or -1 if the second byte has its top bit set (value at
+ * out left unchanged).
+ */
+export function ulebDecodeSmall(src: usize, out: usize): i32 {
+  const b0 = <i32>load<u8>(src);
+  if (b0 < 0x80) {
+    store<u32>(out, b0);
+    return 1;
+  }
+  const b1 = <i32>load<u8>(src, 1);
+  if (b1 & 0x80) return -1;
+  store<u32>(out, (b0 & 0x7f) | (b1 << 7));
+  return 2;
+}
