@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import { PostcopyError, ProtocolError } from '../errors.js';
+import { PostcopyError, ProtocolError, TruncatedError } from '../errors.js';
 import {
   GLOBALSTATE_IDSTR,
   GLOBALSTATE_RUNSTATE_LEN,
@@ -120,7 +120,7 @@ export class MigrationDestination extends EventEmitter {
       this.statusPort.transition('active', 'completed');
       channel.end();
     } catch (e) {
-      this.errorDesc = e instanceof ProtocolError ? e.message.replace(/^[^:]*: /, '').replace(/ \(at offset \d+\)$/, '') : e instanceof Error ? e.message : String(e);
+      this.errorDesc = describeError(e);
       this.error = e;
       await this.sendShut(1).catch(() => undefined);
       this.statusPort.transition('active', 'failed');
@@ -375,6 +375,13 @@ export class MigrationDestination extends EventEmitter {
       }
     }
   }
+}
+
+/** error-desc text: QEMU's message without our "what:" prefix and offset (kept for truncation). */
+function describeError(e: unknown): string {
+  if (e instanceof TruncatedError) return e.message.replace(/ \(at offset \d+\)$/, '');
+  if (e instanceof ProtocolError) return e.message.slice(e.what.length + 2).replace(/ \(at offset \d+\)$/, '');
+  return e instanceof Error ? e.message : String(e);
 }
 
 function concat(parts: Uint8Array[], size: number): Uint8Array {
