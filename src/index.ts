@@ -6,3 +6,9 @@ export * from './errors.js';
 export * as constants from './wire/constants.js';
 /** WebAssembly hot path: XBZRLE (QEMU-exact), zero-page test, shared-memory layout. */
 export { Hotpath, xbzrleEncode, xbzrleDecode, isZeroPage, type HotpathOptions } from './hotpath/index.js';
+/** Decode a whole migration stream (what `postcopy inspect` prints). */
+export * from './inspect/index.js';
+/** QMP client for driving QEMU (or our own QMP server). */
+export { QmpClient, type QmpEvent, type QmpGreeting, type QmpTarget, type QmpConnectOptions, type QmpExecuteOptions } from './control/qmp-client.js';
+/** VMDESCRIPTION parsing and device-state splitting. */
+export { parseVmdesc, splitDeviceState, findVmdescDevice, type Vmdesc, type VmdescDevice, type DecodedDevice, type DecodedField } from './wire/vmdesc.js';
