@@ -25,6 +25,14 @@ export function bytesToString(b: Uint8Array): string {
   return TEXT.decode(b);
 }
 
+/**
+ * Thrown instead of a TruncatedError by cursors in `lazy` mode (used by
+ * StreamReader, which retries after more data arrives): building a real Error
+ * with a stack trace at every chunk boundary is far too slow on the hot path.
+ * The details are left on the cursor (`truncation()`).
+ */
+export const NEED_MORE: unique symbol = Symbol('NEED_MORE');
+
 /** A read cursor over `buf[start..end)`; `base` is the stream offset of `buf[0]`. */
 export class ByteCursor {
   /** The underlying bytes. */
@@ -37,14 +45,21 @@ export class ByteCursor {
   readonly end: number;
   /** After a TruncatedError: the `buf` index up to which bytes were needed. */
   wanted = 0;
-  private readonly dv: DataView;
+  /** Lazy mode: throw NEED_MORE rather than a TruncatedError (see NEED_MORE). */
+  lazy = false;
+  private truncWhat = '';
+  private truncPos = 0;
 
   constructor(buf: Uint8Array, pos = 0, base = 0, end = buf.length) {
     this.buf = buf;
     this.pos = pos;
     this.base = base;
     this.end = end;
-    this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  /** The TruncatedError for the last shortfall (after NEED_MORE in lazy mode). */
+  truncation(): TruncatedError {
+    return new TruncatedError(this.truncWhat, this.wanted - this.end, this.base + this.truncPos);
   }
 
   /** Stream offset of the next byte. */
@@ -61,6 +76,9 @@ export class ByteCursor {
   need(n: number, what: string): void {
     if (this.end - this.pos < n) {
       this.wanted = this.pos + n;
+      this.truncWhat = what;
+      this.truncPos = this.pos;
+      if (this.lazy) throw NEED_MORE;
       throw new TruncatedError(what, this.pos + n - this.end, this.base + this.pos);
     }
   }
@@ -83,35 +101,37 @@ export class ByteCursor {
 
   be16(what = 'be16'): number {
     this.need(2, what);
-    const v = this.dv.getUint16(this.pos);
-    this.pos += 2;
-    return v;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 2;
+    return (b[p]! << 8) | b[p + 1]!;
   }
 
   be32(what = 'be32'): number {
     this.need(4, what);
-    const v = this.dv.getUint32(this.pos);
-    this.pos += 4;
-    return v;
+    const b = this.buf;
+    const p = this.pos;
+    this.pos = p + 4;
+    return b[p]! * 0x1000000 + ((b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!);
   }
 
   /** be64 as a bigint (exact). */
   be64(what = 'be64'): bigint {
     this.need(8, what);
-    const v = this.dv.getBigUint64(this.pos);
-    this.pos += 8;
-    return v;
+    const hi = this.be32();
+    const lo = this.be32();
+    return (BigInt(hi) << 32n) | BigInt(lo);
   }
 
   /** be64 as a number; throws ProtocolError if it exceeds Number.MAX_SAFE_INTEGER. */
   be64n(what = 'be64'): number {
     this.need(8, what);
-    const hi = this.dv.getUint32(this.pos);
-    const lo = this.dv.getUint32(this.pos + 4);
+    const at = this.pos;
+    const hi = this.be32();
+    const lo = this.be32();
     if (hi > 0x1fffff) {
-      throw this.error(what, `value 0x${((BigInt(hi) << 32n) | BigInt(lo)).toString(16)} too large`);
+      throw this.error(what, `value 0x${((BigInt(hi) << 32n) | BigInt(lo)).toString(16)} too large`, at);
     }
-    this.pos += 8;
     return hi * TWO_32 + lo;
   }
 

@@ -13,7 +13,7 @@ import {
 } from './constants.js';
 import type { ByteCursor } from './cursor.js';
 import type { WireSink } from './writer.js';
-import { be64Parts, stringToBytes } from './writer.js';
+import { stringToBytes } from './writer.js';
 
 const TWO_32 = 0x1_0000_0000;
 
@@ -211,10 +211,12 @@ export class RamRecordEncoder {
   }
 
   private word(w: WireSink, offset: number, flags: number): void {
-    if (offset % TARGET_PAGE_SIZE !== 0) throw new RangeError(`RAM offset 0x${offset.toString(16)} not page aligned`);
-    const [hi, lo] = be64Parts(offset);
+    if (offset % TARGET_PAGE_SIZE !== 0 || offset < 0 || offset > Number.MAX_SAFE_INTEGER) {
+      throw new RangeError(`RAM offset 0x${offset.toString(16)} not page aligned or out of range`);
+    }
+    const hi = Math.floor(offset / TWO_32);
     w.be32(hi);
-    w.be32((lo | flags) >>> 0);
+    w.be32(((offset - hi * TWO_32) | flags) >>> 0);
   }
 
   private head(w: WireSink, block: string, offset: number, flag: number): void {

@@ -6,7 +6,7 @@
  */
 
 import { TruncatedError } from '../errors.js';
-import { ByteCursor } from './cursor.js';
+import { ByteCursor, NEED_MORE } from './cursor.js';
 
 const EMPTY = new Uint8Array(0);
 const MORE: unique symbol = Symbol('more');
@@ -27,7 +27,7 @@ export class StreamReader {
   private readonly it: AsyncIterator<Uint8Array>;
   private done = false;
   private lastWanted = 0;
-  private lastError: TruncatedError | undefined;
+  private lastCursor: ByteCursor | undefined;
 
   constructor(source: AsyncIterable<Uint8Array>, opts: StreamReaderOptions = {}) {
     this.it = source[Symbol.asyncIterator]();
@@ -205,19 +205,20 @@ export class StreamReader {
     for (;;) {
       const chunk = this.chunks.length > 0 ? this.chunks[0]! : EMPTY;
       const c = new ByteCursor(chunk, this.head, this.pos - this.head);
+      c.lazy = true;
       try {
         const v = fn(c);
         this.consume(c.pos - this.head);
         return v;
       } catch (e) {
-        if (!(e instanceof TruncatedError) || c.wanted === 0) throw e;
+        if (e !== NEED_MORE) throw e;
         const want = c.wanted - this.head;
         if (this.avail > chunk.length - this.head) {
           this.coalesce(Math.min(this.avail, want));
           continue;
         }
         this.lastWanted = want;
-        this.lastError = e;
+        this.lastCursor = c;
         return MORE;
       }
     }
@@ -242,7 +243,7 @@ export class StreamReader {
     for (;;) {
       const v = this.attempt(fn);
       if (v !== MORE) return v;
-      if (!(await this.fill(this.lastWanted))) throw this.lastError!;
+      if (!(await this.fill(this.lastWanted))) throw this.lastCursor!.truncation();
     }
   }
 

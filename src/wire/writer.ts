@@ -9,6 +9,8 @@ import { PostcopyError } from '../errors.js';
 
 const TWO_32 = 0x1_0000_0000;
 const TEXT = new TextEncoder();
+/** Batch buffers kept for reuse by a StreamWriter. */
+const POOL_MAX = 4;
 
 /** Encode a string to bytes (ASCII fast path, UTF-8 otherwise). */
 export function stringToBytes(s: string): Uint8Array {
@@ -80,8 +82,13 @@ abstract class BufferSink implements WireSink {
   }
   be32(v: number): void {
     this.ensure(4);
-    this.dv.setUint32(this.pos, v >>> 0);
-    this.pos += 4;
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = v >>> 24;
+    b[p + 1] = v >>> 16;
+    b[p + 2] = v >>> 8;
+    b[p + 3] = v;
+    this.pos = p + 4;
   }
   be64(v: number | bigint): void {
     const [hi, lo] = be64Parts(v);
@@ -163,7 +170,7 @@ export function encodeToBytes(fn: (w: WireSink) => void, sizeHint = 64): Uint8Ar
 
 /** Options of StreamWriter. */
 export interface StreamWriterOptions {
-  /** Size of one batch (one underlying write), default 128 KiB. */
+  /** Size of one batch (one underlying write), default 256 KiB. */
   batchSize?: number;
 }
 
@@ -184,15 +191,18 @@ export class StreamWriter extends BufferSink {
   private blocked = false;
   private failure: Error | undefined;
   private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private readonly pool: Uint8Array[] = [];
+  /** Batches handed to the stream whose write callback has not run yet. */
+  private inflight = 0;
 
   constructor(out: Writable, opts: StreamWriterOptions = {}) {
-    const size = opts.batchSize ?? 128 * 1024;
+    const size = opts.batchSize ?? 256 * 1024;
     super(Buffer.allocUnsafeSlow(size));
     this.batchSize = size;
     this.out = out;
     out.on('drain', () => {
       this.blocked = false;
-      this.wake();
+      if (!this.needsDrain) this.wake();
     });
     const fail = (e?: Error): void => {
       this.failure ??= e ?? new PostcopyError('IO', 'stream closed while writing');
@@ -218,9 +228,13 @@ export class StreamWriter extends BufferSink {
     return this.pos;
   }
 
-  /** True when the stream is over its high-water mark; await drain(). */
+  /**
+   * True when the stream is over its high-water mark, or when POOL_MAX
+   * batches are still in flight (waiting lets their buffers be recycled rather
+   * than allocating fresh memory for every batch); await drain().
+   */
   get needsDrain(): boolean {
-    return this.blocked;
+    return this.blocked || this.inflight >= POOL_MAX;
   }
 
   protected ensure(n: number): void {
@@ -255,18 +269,26 @@ export class StreamWriter extends BufferSink {
   /** Hand the current batch to the stream (no waiting). */
   push(): void {
     if (this.pos === 0) return;
-    const chunk = this.buf.subarray(0, this.pos);
+    const full = this.buf;
+    const chunk = full.subarray(0, this.pos);
     const size = this.batchSize;
-    this.setBuf(Buffer.allocUnsafeSlow(size));
+    this.setBuf(this.pool.pop() ?? Buffer.allocUnsafeSlow(size));
     this.pos = 0;
     this.writeCalls++;
-    if (!this.out.write(chunk)) this.blocked = true;
+    // The stream calls back once it no longer needs the chunk: recycle it.
+    this.inflight++;
+    const ok = this.out.write(chunk, (err) => {
+      this.inflight--;
+      if (!err && full.length === size && this.pool.length < POOL_MAX) this.pool.push(full);
+      if (!this.needsDrain) this.wake();
+    });
+    if (!ok) this.blocked = true;
   }
 
   /** A promise to await when the stream wants us to wait; undefined otherwise. */
   drain(): Promise<void> | undefined {
     if (this.failure) return Promise.reject(this.failure);
-    if (!this.blocked) return undefined;
+    if (!this.needsDrain) return undefined;
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
