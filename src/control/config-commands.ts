@@ -52,11 +52,11 @@ export function registerConfigCommands(server: QmpServer, config: MigrationConfi
   });
   server.register('query-migrate-capabilities', (args) => {
     checkMembers(args, []);
-    return queryCapabilities(config.capabilities) as never;
+    return queryCapabilities(config.capabilities);
   });
   server.register('migrate-set-parameters', (args) => config.setParameters(args));
   server.register('query-migrate-parameters', (args) => {
     checkMembers(args, []);
-    return queryParameters(config.parameters) as never;
+    return queryParameters(config.parameters);
   });
 }

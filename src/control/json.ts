@@ -204,8 +204,11 @@ export function formatDouble(v: number): string {
   return p.includes('.') ? p.replace(/0+$/, '').replace(/\.$/, '') : p;
 }
 
-/** Values the serializer accepts: QmpValue plus plain JS objects/undefined members (skipped). */
-export type JsonOut = QmpValue | undefined | readonly JsonOut[] | { readonly [k: string]: JsonOut };
+/**
+ * Values the serializer accepts: QmpValue, plain objects and arrays of them,
+ * bigint; `undefined` members are skipped; anything else prints as null.
+ */
+export type JsonOut = unknown;
 
 /**
  * Serialize like QEMU 7.2's QMP monitor. Integral `number`s print as
@@ -214,18 +217,18 @@ export type JsonOut = QmpValue | undefined | readonly JsonOut[] | { readonly [k:
  * object's insertion order.
  */
 export function toQmpJson(v: JsonOut): string {
-  if (v === null || v === undefined) return 'null';
+  if (v === null || v === undefined || typeof v === 'function' || typeof v === 'symbol') return 'null';
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (typeof v === 'bigint') return v.toString();
   if (typeof v === 'number') return Number.isInteger(v) && Math.abs(v) < 2 ** 64 ? BigInt(v).toString() : formatDouble(v);
   if (typeof v === 'string') return escapeString(v);
   if (v instanceof JsonFloat) return formatDouble(v.value);
   if (Array.isArray(v)) {
-    return '[' + (v as readonly JsonOut[]).map((x) => toQmpJson(x)).join(', ') + ']';
+    return '[' + (v as readonly unknown[]).map((x) => toQmpJson(x)).join(', ') + ']';
   }
   const parts: string[] = [];
-  for (const [k, x] of Object.entries(v as { readonly [k: string]: JsonOut })) {
-    if (x === undefined) continue;
+  for (const [k, x] of Object.entries(v as object)) {
+    if (x === undefined || typeof x === 'function') continue;
     parts.push(`${escapeString(k)}: ${toQmpJson(x)}`);
   }
   return '{' + parts.join(', ') + '}';

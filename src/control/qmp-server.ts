@@ -28,7 +28,7 @@ export interface QmpRequestContext {
 }
 
 /** A command implementation. Its return value (undefined → `{}`) is the reply's `return`. */
-export type QmpHandler = (args: QmpObject, ctx: QmpRequestContext) => JsonOut | void | Promise<JsonOut | void>;
+export type QmpHandler = (args: QmpObject, ctx: QmpRequestContext) => unknown;
 
 /** Options of a registered command. */
 export interface QmpCommandOptions {
@@ -81,7 +81,7 @@ class Connection implements QmpConnection {
 
   sendEvent(ev: QmpEvent): void {
     if (!this.negotiated) return;
-    this.write({ timestamp: { ...ev.timestamp }, event: ev.event, data: ev.data as JsonOut });
+    this.write({ timestamp: { ...ev.timestamp }, event: ev.event, data: ev.data });
   }
 
   close(): void {
@@ -276,7 +276,7 @@ export class QmpServer {
     const cmd = this.commands.get(name);
     if (!cmd) throw new QmpError(`The command ${name} has not been found`, 'CommandNotFound');
     if (oob && !cmd.opts.allowOob) throw new QmpError(`The command ${name} does not support OOB`);
-    const ret = await cmd.handler(args, { client: c, oob });
+    const ret: unknown = await cmd.handler(args, { client: c, oob });
     return ret === undefined ? {} : ret;
   }
 }

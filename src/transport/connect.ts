@@ -5,7 +5,7 @@
  * Connection refused", "address resolution failed for h:1: Name or service
  * not known", "File descriptor named 'x' has not been found".
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { toChannel, type Channel } from './channel.js';
@@ -83,13 +83,23 @@ function connectSocket(u: MigrationUri & { kind: 'tcp' | 'unix' }, signal?: Abor
   });
 }
 
+/** Kill an exec child and everything it started (its own process group). */
+export function killGroup(child: ChildProcess): void {
+  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, 'SIGTERM');
+  } catch {
+    child.kill('SIGTERM');
+  }
+}
+
 /**
- * Run `command` with /bin/sh -c; the channel writes to its stdin and reads
+ * Run `command` with /bin/sh -c (in its own process group); the channel writes to its stdin and reads
  * from its stdout (stderr is inherited). Shutdown kills the child; close()
  * ends stdin and waits for it to exit.
  */
 export function execChannel(command: string): Channel {
-  const child = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null) resolve();
     child.once('exit', () => resolve());
@@ -104,9 +114,7 @@ export function execChannel(command: string): Channel {
     duplex,
     { transport: 'exec', description: `exec:${command}` },
     {
-      onShutdown: () => {
-        if (child.exitCode === null) child.kill('SIGTERM');
-      },
+      onShutdown: () => killGroup(child),
       onClose: () => exited,
     },
   );

@@ -7,11 +7,12 @@
  */
 import { spawn } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
-import { unlinkSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { toChannel, type Channel } from './channel.js';
-import { errnoText, socketChannel } from './connect.js';
+import { errnoText, killGroup, socketChannel } from './connect.js';
 import { takeFd } from './fds.js';
 import { parseMigrationUri, TransportError, type SocketAddress } from './uri.js';
 
@@ -113,7 +114,7 @@ async function socketListener(uri: string, server: net.Server, kind: 'tcp' | 'un
 
 function execListener(uri: string, command: string): Listener {
   const queue = new Queue();
-  const child = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
   const duplex = Duplex.from({ readable: child.stdout, writable: child.stdin });
   child.stdin.on('error', () => {});
   child.once('error', (e) => duplex.destroy(new TransportError(`Unable to run command: ${errnoText(e)}`, { cause: e })));
@@ -122,9 +123,7 @@ function execListener(uri: string, command: string): Listener {
       duplex,
       { transport: 'exec', description: uri },
       {
-        onShutdown: () => {
-          if (child.exitCode === null) child.kill('SIGTERM');
-        },
+        onShutdown: () => killGroup(child),
       },
     ),
   );
@@ -171,7 +170,9 @@ export async function listen(uri: string): Promise<Listener> {
       try {
         await serverListen(server, { path: u.path, exclusive: true });
       } catch (e) {
-        throw new TransportError(`Failed to bind socket to ${u.path}: ${errnoText(e)}`, { cause: e });
+        // libuv reports a missing directory as EACCES; QEMU (bind(2)) says ENOENT.
+        const text = (e as { code?: string }).code === 'EACCES' && !existsSync(dirname(u.path)) ? 'No such file or directory' : errnoText(e);
+        throw new TransportError(`Failed to bind socket to ${u.path}: ${text}`, { cause: e });
       }
       return socketListener(uri, server, 'unix', u.path);
     }
