@@ -120,7 +120,7 @@ export function startDirtier(
   const pages = opts.workingSet ?? g.blocks[blk]!.usedLength >>> 12;
   const t = setInterval(() => {
     if (g.stopped) return;
-    const n = Math.max(1, Math.round(opts.pagesPerTick * (1 - g.throttle / 100)));
+    const n = Math.round(opts.pagesPerTick * (1 - g.throttle / 100));
     for (let k = 0; k < n; k++) {
       x = (Math.imul(x, 1103515245) + 12345) >>> 0;
       const p = x % pages;
