@@ -201,6 +201,22 @@ export class StreamReader {
     }
   }
 
+  /**
+   * A reader over exactly the next `n` bytes (e.g. a PACKAGED blob), with
+   * stream offsets continuing from here. Bytes flow through as they arrive;
+   * nothing of size `n` is allocated. Call `discardRest()` on it when done so
+   * the parent is positioned after the blob.
+   */
+  subReader(n: number, what = 'packaged blob'): StreamReader {
+    return new StreamReader(this.take(n, what), { base: this.pos });
+  }
+
+  /** Consume and drop everything left in the source (buffered or not). */
+  async discardRest(): Promise<void> {
+    this.consume(this.avail);
+    while (await this.pull()) this.consume(this.avail);
+  }
+
   private attempt<T>(fn: (c: ByteCursor) => T): T | typeof MORE {
     for (;;) {
       const chunk = this.chunks.length > 0 ? this.chunks[0]! : EMPTY;

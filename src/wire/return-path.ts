@@ -33,18 +33,16 @@ export function decodeRpMessage(c: ByteCursor): RpMessage {
   const at = c.pos;
   const type = c.be16('return-path type');
   const len = c.be16('return-path length');
-  if (type === RpMsg.INVALID || type >= RpMsg.MAX || len > RP_MAX_LEN) {
-    throw c.error(
-      'return path',
-      `RP: Received invalid message 0x${hex4(type)} length 0x${hex4(len)}`,
-      at,
-    );
+  if (type === RpMsg.INVALID || type >= RpMsg.MAX) {
+    throw c.error('return path', `RP: Received invalid message 0x${hex4(type)} length 0x${hex4(len)}`, at);
   }
   const fixed = RP_MSG_LEN[type] ?? -1;
-  if (fixed >= 0 && len !== fixed) {
+  if ((fixed >= 0 && len !== fixed) || len > RP_MAX_LEN) {
+    // QEMU prints the expected length as a size_t: -1 (variable) shows as 2^64-1.
+    const expecting = fixed >= 0 ? String(fixed) : '18446744073709551615';
     throw c.error(
       'return path',
-      `RP: Received '${RP_MSG_NAMES[type]}' message (0x${hex4(type)}) withincorrect length ${len} expecting ${fixed}`,
+      `RP: Received '${RP_MSG_NAMES[type]}' message (0x${hex4(type)}) withincorrect length ${len} expecting ${expecting}`,
       at + 2,
     );
   }

@@ -223,3 +223,35 @@ describe('StreamReader', () => {
     expect(r.offset).toBe(4);
   });
 });
+
+describe('StreamReader with a PACKAGED-sized length', () => {
+  it('read(0xffffffff) on a short stream fails with TruncatedError without allocating 4 GiB', async () => {
+    const r = new StreamReader(chunksOf(new Uint8Array(1000), () => 100), { base: 9 });
+    await expect(r.read(0xffffffff, 'packaged blob')).rejects.toMatchObject({
+      code: 'TRUNCATED',
+      what: 'packaged blob',
+      offset: 1009,
+    });
+  });
+
+  it('subReader parses a blob with continuing offsets; discardRest skips the tail', async () => {
+    const blob = Uint8Array.from([0, 0, 0, 7, 0xaa, 0xbb, 0xcc]);
+    const outer = Uint8Array.from([1, 2, ...blob, 0x55]);
+    const r = new StreamReader(chunksOf(outer, () => 3), { base: 100 });
+    await r.skip(2);
+    const sub = r.subReader(blob.length);
+    expect(sub.offset).toBe(102);
+    expect(await sub.decode((c) => c.be32())).toBe(7);
+    expect(sub.offset).toBe(106);
+    await sub.discardRest();
+    expect(r.offset).toBe(109);
+    expect(Array.from(await r.read(1))).toEqual([0x55]);
+    expect(await r.atEnd()).toBe(true);
+  });
+
+  it('a blob cut short ends the sub-reader with TruncatedError at the cut', async () => {
+    const r = new StreamReader(chunksOf(Uint8Array.from([0, 0, 0]), () => 2));
+    const sub = r.subReader(10);
+    await expect(sub.decode((c) => c.be32('word'))).rejects.toMatchObject({ code: 'TRUNCATED', offset: 3 });
+  });
+});
