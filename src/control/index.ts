@@ -8,3 +8,4 @@ export * from './json.js';
 export * from './qapi.js';
 export { QmpServer, type QmpConnection, type QmpHandler, type QmpCommandOptions, type QmpRequestContext, type QmpServerOptions } from './qmp-server.js';
 export { MigrationConfig, registerConfigCommands } from './config-commands.js';
+export * from './migrate-args.js';
