@@ -40,6 +40,13 @@ export interface GuestParams {
   pattern: GuestPattern;
   /** Print `pass <q>` on the serial port every `report` passes. */
   report: number;
+  /**
+   * TLB flushing around writes: 'all' (invlpg each page before writing it, and the
+   * stack and data pages after every visit), 'page' (only the written page), 'none'.
+   * Anything but 'all' exposes QEMU 7.2's TCG dirty-tracking bug (SPEC.md §13);
+   * those modes exist to prove the tests catch it.
+   */
+  flush?: 'all' | 'page' | 'none';
 }
 
 /** Defaults: 2 MiB .. 100 MiB, 16 bytes per visit, full speed, sequential. */
@@ -57,7 +64,7 @@ export function guestAppend(params: GuestParams): string {
   const rate = params.rate === 'max' ? 'max' : String(params.rate);
   return (
     `start=0x${params.start.toString(16)} size=0x${params.size.toString(16)} n=${params.n} ` +
-    `rate=${rate} pattern=${params.pattern} report=${params.report}`
+    `rate=${rate} pattern=${params.pattern} report=${params.report} flush=${params.flush ?? 'all'}`
   );
 }
 

@@ -14,10 +14,13 @@
  * Command line (multiboot cmdline, from QEMU's -append), all optional:
  *   start=<bytes> size=<bytes> n=<bytes per visit, 8..4096>
  *   rate=<pages per second>|max  pattern=seq|rand  report=<passes>
+ *   flush=all|page|none   (TLB flushing, see below; default all)
  *
  * QEMU 7.2 under TCG loses dirty pages written through a cached softmmu TLB
  * entry, so every page is invlpg'ed right before it is written, and so are
  * the pages of the stack and of the guest's own data, after every visit.
+ * flush=page keeps only the first, flush=none neither: they exist to show the
+ * QEMU bug (tests expect them to corrupt a migration), never for real use.
  */
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -26,6 +29,9 @@ typedef unsigned char u8;
 #define PAGE_SIZE 4096u
 #define COM1 0x3f8
 #define HEADER_BYTES 8u
+#define FLUSH_ALL 0u
+#define FLUSH_PAGE 1u
+#define FLUSH_NONE 2u
 
 extern char stack_bottom[];
 
@@ -54,7 +60,7 @@ static inline u64 rdtsc(void) {
 
 /* All mutable globals live in one page-aligned block so one invlpg covers them. */
 static struct {
-    u32 start, size, pages, n, rate, rand, report, step;
+    u32 start, size, pages, n, rate, rand, report, step, flush;
     u64 tsc_per_sec;
 } __attribute__((aligned(4096))) g;
 
@@ -125,6 +131,9 @@ static void parse_cmdline(const char *s) {
         else if (streq_prefix(s, "rate=")) g.rate = parse_num(s + 5);
         else if (streq_prefix(s, "pattern=rand")) g.rand = 1;
         else if (streq_prefix(s, "pattern=seq")) g.rand = 0;
+        else if (streq_prefix(s, "flush=all")) g.flush = FLUSH_ALL;
+        else if (streq_prefix(s, "flush=page")) g.flush = FLUSH_PAGE;
+        else if (streq_prefix(s, "flush=none")) g.flush = FLUSH_NONE;
         while (*s && *s != ' ') s++;
     }
 }
@@ -158,7 +167,7 @@ static u64 calibrate_tsc(void) {
 static void write_page(u32 index, u32 q) {
     volatile u8 *p = (volatile u8 *)(g.start + index * PAGE_SIZE);
     u8 base = (u8)(q * 31u + index * 7u);
-    invlpg((const void *)p);
+    if (g.flush != FLUSH_NONE) invlpg((const void *)p);
     for (u32 j = HEADER_BYTES; j < g.n; j++) p[j] = (u8)(base + j);
     *(volatile u32 *)(p + 4) = index;
     *(volatile u32 *)p = q;
@@ -189,7 +198,7 @@ void guest_main(u32 magic, const u32 *mbi) {
     if (g.rate) ser_putu(g.rate); else ser_puts("max");
     ser_puts(g.rand ? " pattern=rand step=" : " pattern=seq step=");
     ser_putu(g.step);
-    ser_puts("\n");
+    ser_puts(g.flush == FLUSH_ALL ? " flush=all\n" : g.flush == FLUSH_PAGE ? " flush=page\n" : " flush=none\n");
     if (!g.pages) { ser_puts("GUEST EMPTY\n"); return; }
 
     /* Rate limiting: in chunks of `chunk` pages, busy-wait for the chunk's
@@ -204,7 +213,7 @@ void guest_main(u32 magic, const u32 *mbi) {
         u32 index = 0;
         for (u32 k = 0; k < g.pages; k++) {
             write_page(index, q);
-            flush_own();
+            if (g.flush == FLUSH_ALL) flush_own();
             index += g.step;
             if (index >= g.pages) index -= g.pages;
             if (chunk && ++in_chunk == chunk) {
