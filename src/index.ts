@@ -12,3 +12,6 @@ export * from './inspect/index.js';
 export { QmpClient, type QmpEvent, type QmpGreeting, type QmpTarget, type QmpConnectOptions, type QmpExecuteOptions } from './control/qmp-client.js';
 /** VMDESCRIPTION parsing and device-state splitting. */
 export { parseVmdesc, splitDeviceState, findVmdescDevice, type Vmdesc, type VmdescDevice, type DecodedDevice, type DecodedField } from './wire/vmdesc.js';
+/** Guest RAM blocks, dirty log and page bitmaps in the shared hot-path memory. */
+export { GuestMemory, RamBlock, RamAddressError, PageBitmap, DirtyLog } from './memory/index.js';
+export type { GuestMemoryDescriptor, RamBlockInfo, BitRun } from './memory/index.js';
