@@ -3,12 +3,15 @@
  * records (ZERO, PAGE, XBZRLE), the CONTINUE rule, offset checks and the
  * received bitmap. Error texts are QEMU's.
  */
+import { setImmediate as yieldNow } from 'node:timers/promises';
 import { ProtocolError } from '../errors.js';
 import { ENCODING_FLAG_XBZRLE, RamFlag, TARGET_PAGE_SIZE } from '../wire/constants.js';
 import type { ChannelReader } from '../engine/bytes.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 
 const TP = TARGET_PAGE_SIZE;
+/** Longest synchronous stretch of page loading before yielding, ms. */
+const YIELD_EVERY_MS = 8;
 const TWO_32 = 0x100000000;
 
 /** Creates a block when the destination adopts the source's RAM layout. */
@@ -33,6 +36,7 @@ export class RamLoader {
   /** Pages received, by kind. */
   readonly counters = { zero: 0, normal: 0, xbzrle: 0 };
   private readonly xbuf: Uint8Array;
+  private slice = performance.now();
 
   constructor(
     blocks: readonly EngineRamBlock[],
@@ -55,7 +59,13 @@ export class RamLoader {
 
   /** Loads one RAM section payload up to and including its EOS. */
   async load(r: ChannelReader): Promise<void> {
+    let n = 0;
     for (;;) {
+      // Never starve the event loop while buffered data lasts.
+      if ((++n & 255) === 0 && performance.now() - this.slice > YIELD_EVERY_MS) {
+        await yieldNow();
+        this.slice = performance.now();
+      }
       if (r.available < 8) await r.need(8, 'ram record');
       const at = r.offset;
       const hi = r.be32();

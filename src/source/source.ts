@@ -395,10 +395,13 @@ export class MigrationSource extends EventEmitter {
     this.bitmapSync();
     writeSectionPart(w, SectionType.END, RAM_SECTION_ID);
     let i = 0;
+    let slice = now();
     while (saver.sendNext(w, true) !== 0) {
-      if ((++i & 1023) === 0) {
+      if ((++i & (PAGES_PER_TIME_CHECK - 1)) === 0 && now() - slice > YIELD_EVERY_MS) {
         await w.drain();
+        await yieldNow();
         this.checkRunning();
+        slice = now();
       }
     }
     w.be64(RamFlag.EOS);
