@@ -60,6 +60,32 @@ describe.skipIf(!hasQemu)(`QEMU source → our destination ${qemuSkipReason}`, (
     });
   }
 
+  it('receives a -M pc stream: 9 RAM blocks adopted, ~30 device sections split opaquely via the vmdesc', async () => {
+    const q = await startQemu({ machine: 'pc', memory: '128M', paused: true, nodefaults: false });
+    procs.push(q);
+    const { server, port, conn } = await listen();
+    const dst = new MigrationDestination({ machineName: 'pc-i440fx-7.2', adopt: true });
+    await q.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
+    await q.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    const status = await dst.load(await conn);
+    server.close();
+    expect(dst.error).toBeUndefined();
+    expect(status).toBe('completed');
+    expect(dst.blocks[0]).toMatchObject({ idstr: 'pc.ram', usedLength: 128 << 20 });
+    expect(dst.blocks.map((b) => b.idstr)).toContain('/rom@etc/acpi/rsdp');
+    const vm = JSON.parse(dst.vmdesc!) as { devices: { name: string; instance_id: number }[] };
+    // every vmdesc device except globalstate is kept, in order, with its instance id
+    expect(dst.devices.map((d) => [d.idstr, d.instanceId])).toEqual(
+      vm.devices.filter((d) => d.name !== 'globalstate').map((d) => [d.name, d.instance_id]),
+    );
+    expect(dst.devices.length).toBeGreaterThan(25);
+    expect(dst.devices[0]!.idstr).toBe('timer');
+    expect(dst.runState).toBe('prelaunch');
+    // QEMU's BIOS/option ROM blocks arrive with their content
+    const bios = dst.blocks.find((b) => b.idstr === 'pc.bios')!;
+    expect(bios.bytes.some((x) => x !== 0)).toBe(true);
+  });
+
   it('fails with QEMU\'s message on a RAM size mismatch and QEMU sees the failure', async () => {
     const q = await startQemu({ machine: 'none', memory: '64M', paused: true });
     procs.push(q);
