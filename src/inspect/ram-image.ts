@@ -1,13 +1,13 @@
 /**
  * RamImage: the content of one RAM block rebuilt from page records, kept in
- * plain Buffers allocated lazily in 1 MiB chunks (pages never written, or
+ * plain Buffers allocated lazily in 64 KiB chunks (pages never written, or
  * written as ZERO with fill 0, cost nothing). Not the hot path.
  */
 
 import { createHash } from 'node:crypto';
 import { TARGET_PAGE_SIZE } from '../wire/constants.js';
 
-const CHUNK_BYTES = 1 << 20;
+const CHUNK_BYTES = 64 << 10;
 const PAGES_PER_CHUNK = CHUNK_BYTES / TARGET_PAGE_SIZE;
 const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
 
@@ -15,21 +15,23 @@ const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
 export class RamImage {
   readonly idstr: string;
   readonly usedLength: number;
-  private readonly chunks: (Buffer | undefined)[];
+  /** Allocated chunks by index (a Map: a huge, mostly unsent block costs nothing). */
+  private readonly chunks = new Map<number, Buffer>();
+  private readonly nChunks: number;
 
   constructor(idstr: string, usedLength: number) {
     this.idstr = idstr;
     this.usedLength = usedLength;
-    this.chunks = new Array<Buffer | undefined>(Math.ceil(usedLength / CHUNK_BYTES));
+    this.nChunks = Math.ceil(usedLength / CHUNK_BYTES);
   }
 
   /** A writable view of the page at `offset` (allocates its chunk). Offset must be checked by the caller. */
   page(offset: number): Buffer {
     const i = Math.floor(offset / CHUNK_BYTES);
-    let c = this.chunks[i];
+    let c = this.chunks.get(i);
     if (!c) {
       c = Buffer.alloc(Math.min(CHUNK_BYTES, this.usedLength - i * CHUNK_BYTES));
-      this.chunks[i] = c;
+      this.chunks.set(i, c);
     }
     const o = offset - i * CHUNK_BYTES;
     return c.subarray(o, o + TARGET_PAGE_SIZE);
@@ -38,7 +40,7 @@ export class RamImage {
   /** Fill a page with one byte (ZERO records); fill 0 on an untouched chunk allocates nothing. */
   fill(offset: number, value: number): void {
     const i = Math.floor(offset / CHUNK_BYTES);
-    if (value === 0 && !this.chunks[i]) return;
+    if (value === 0 && !this.chunks.has(i)) return;
     this.page(offset).fill(value);
   }
 
@@ -50,16 +52,16 @@ export class RamImage {
   /** Bytes actually allocated (for tests and limits). */
   get allocatedBytes(): number {
     let n = 0;
-    for (const c of this.chunks) if (c) n += c.length;
+    for (const c of this.chunks.values()) n += c.length;
     return n;
   }
 
   /** Hex SHA-256 of the whole block (usedLength bytes). */
   sha256(): string {
     const h = createHash('sha256');
-    for (let i = 0; i < this.chunks.length; i++) {
+    for (let i = 0; i < this.nChunks; i++) {
       const len = Math.min(CHUNK_BYTES, this.usedLength - i * CHUNK_BYTES);
-      h.update(this.chunks[i] ?? ZERO_CHUNK.subarray(0, len));
+      h.update(this.chunks.get(i) ?? ZERO_CHUNK.subarray(0, len));
     }
     return h.digest('hex');
   }
@@ -67,7 +69,7 @@ export class RamImage {
   /** Copy of the whole block (for tests; allocates usedLength bytes). */
   toBuffer(): Buffer {
     const out = Buffer.alloc(this.usedLength);
-    this.chunks.forEach((c, i) => c && c.copy(out, i * CHUNK_BYTES));
+    for (const [i, c] of this.chunks) c.copy(out, i * CHUNK_BYTES);
     return out;
   }
 }
