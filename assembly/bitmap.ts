@@ -132,9 +132,14 @@ export function bitmapCollect(bm: usize, nbits: i32, from: i32, out: usize, max:
       if (n == max) return n;
       word &= word - 1;
     }
-    w = nextNonZeroWord(bm, w + 1, nw);
-    if (w >= nw) return n;
+    // dense areas: just take the next word; skip with SIMD only after a zero word
+    if (++w >= nw) return n;
     word = load<u64>(wordPtr(bm, w));
+    if (word == 0) {
+      w = nextNonZeroWord(bm, w + 1, nw);
+      if (w >= nw) return n;
+      word = load<u64>(wordPtr(bm, w));
+    }
   }
   return n;
 }

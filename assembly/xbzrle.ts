@@ -38,44 +38,6 @@ function copyBytes(dst: usize, src: usize, n: i32): void {
   }
 }
 
-// ---------------------------------------------------------------- SIMD scans
-
-/** First index >= i where a[] != b[] (n if none), 16 bytes at a time. */
-// @ts-ignore: decorator
-@inline
-function firstDiffSimd(a: usize, b: usize, i: i32, n: i32): i32 {
-  while (i + 64 <= n) {
-    const pa = a + <usize>i;
-    const pb = b + <usize>i;
-    const x = v128.or(
-      v128.or(v128.xor(v128.load(pa), v128.load(pb)), v128.xor(v128.load(pa, 16), v128.load(pb, 16))),
-      v128.or(v128.xor(v128.load(pa, 32), v128.load(pb, 32)), v128.xor(v128.load(pa, 48), v128.load(pb, 48))),
-    );
-    if (v128.any_true(x)) break;
-    i += 64;
-  }
-  while (i + 16 <= n) {
-    const m = i8x16.bitmask(i8x16.eq(v128.load(a + <usize>i), v128.load(b + <usize>i)));
-    if (m != 0xffff) return i + ctz<i32>(~m);
-    i += 16;
-  }
-  while (i < n && load<u8>(a + <usize>i) == load<u8>(b + <usize>i)) i++;
-  return i;
-}
-
-/** First index >= i where a[] == b[] (n if none), 16 bytes at a time. */
-// @ts-ignore: decorator
-@inline
-function firstEqualSimd(a: usize, b: usize, i: i32, n: i32): i32 {
-  while (i + 16 <= n) {
-    const m = i8x16.bitmask(i8x16.eq(v128.load(a + <usize>i), v128.load(b + <usize>i)));
-    if (m != 0) return i + ctz<i32>(m);
-    i += 16;
-  }
-  while (i < n && load<u8>(a + <usize>i) != load<u8>(b + <usize>i)) i++;
-  return i;
-}
-
 // -------------------------------------------------------------- scalar scans
 
 /** First index >= i where a[] != b[], 8 bytes at a time (scalar twin). */
@@ -107,20 +69,62 @@ function firstEqualScalar(a: usize, b: usize, i: i32, n: i32): i32 {
 /**
  * Encodes `newPtr` against `oldPtr` (slen bytes, slen <= 16384) into dst
  * (at most dlen bytes). Returns the encoded length, 0 if unchanged, -1 on
- * overflow. SIMD version.
+ * overflow. SIMD version: a 16-byte "equal" mask window is kept across run
+ * boundaries, so short runs cost bit operations, not reloads; long equal runs
+ * are skipped 64 bytes at a time. Lengths that are not a multiple of 16 go
+ * to the scalar twin.
  */
 export function xbzrleEncodeSimd(oldPtr: usize, newPtr: usize, slen: i32, dst: usize, dlen: i32): i32 {
+  if (slen < 16 || (slen & 15) != 0) return xbzrleEncodeScalar(oldPtr, newPtr, slen, dst, dlen);
   let i = 0;
   let d = 0;
+  let wpos = -16; // the window covers bytes [wpos, wpos + 16)
+  let weq = 0; // bit t set: byte wpos + t is equal in both pages
   while (i < slen) {
     if (d + 2 > dlen) return -1;
-    const j = firstDiffSimd(oldPtr, newPtr, i, slen);
+    // zero run: first differing byte at or after i
+    let j = i;
+    while (j < slen) {
+      if (j >= wpos + 16) {
+        wpos = j + 16 <= slen ? j : slen - 16;
+        weq = i8x16.bitmask(i8x16.eq(v128.load(oldPtr + <usize>wpos), v128.load(newPtr + <usize>wpos)));
+      }
+      const m = (~weq & 0xffff) >>> (j - wpos);
+      if (m != 0) {
+        j += ctz<i32>(m);
+        break;
+      }
+      j = wpos + 16;
+      while (j + 64 <= slen) {
+        const pa = oldPtr + <usize>j;
+        const pb = newPtr + <usize>j;
+        const x = v128.or(
+          v128.or(v128.xor(v128.load(pa), v128.load(pb)), v128.xor(v128.load(pa, 16), v128.load(pb, 16))),
+          v128.or(v128.xor(v128.load(pa, 32), v128.load(pb, 32)), v128.xor(v128.load(pa, 48), v128.load(pb, 48))),
+        );
+        if (v128.any_true(x)) break;
+        j += 64;
+      }
+    }
     const zrun = j - i;
     if (zrun == slen) return 0;
     if (j == slen) return d;
     d += ulebPut(dst + <usize>d, zrun);
     if (d + 2 > dlen) return -1;
-    const k = firstEqualSimd(oldPtr, newPtr, j, slen);
+    // non-zero run: first equal byte at or after j
+    let k = j;
+    while (k < slen) {
+      if (k >= wpos + 16) {
+        wpos = k + 16 <= slen ? k : slen - 16;
+        weq = i8x16.bitmask(i8x16.eq(v128.load(oldPtr + <usize>wpos), v128.load(newPtr + <usize>wpos)));
+      }
+      const m = weq >>> (k - wpos);
+      if (m != 0) {
+        k += ctz<i32>(m);
+        break;
+      }
+      k = wpos + 16;
+    }
     const nz = k - j;
     d += ulebPut(dst + <usize>d, nz);
     if (d + nz > dlen) return -1;

@@ -304,3 +304,27 @@ describe('XBZRLE decoder validation (SPEC §4.2)', () => {
     expect(page[4095]).toBe(2);
   });
 });
+
+describe('XBZRLE on other page lengths (convenience API vs reference)', () => {
+  it('lengths that are not multiples of 16 (scalar fallback) and 16384', () => {
+    const r = rng(5);
+    for (const n of [1, 8, 15, 17, 100, 1000, 16384]) {
+      for (let t = 0; t < 20; t++) {
+        const old = randomBytes(r, n);
+        const neu = old.slice();
+        for (let i = 0; i < n; i++) if (r() < 0.05 * (t % 4)) neu[i] = neu[i]! ^ 0x11;
+        const out = new Uint8Array(n);
+        const refLen = xbzrleEncodeRef(old, neu, out, n);
+        const enc = xbzrleEncode(old, neu);
+        expect(enc === null ? -1 : enc.length).toBe(refLen);
+        if (enc && enc.length > 0) {
+          expect(enc).toEqual(out.subarray(0, refLen));
+          const page = old.slice();
+          xbzrleDecode(enc, page);
+          expect(page).toEqual(neu);
+        }
+      }
+    }
+    expect(() => xbzrleEncode(new Uint8Array(16385), new Uint8Array(16385))).toThrow(RangeError);
+  });
+});
