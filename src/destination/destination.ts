@@ -27,6 +27,8 @@ import { ChannelReader, ChannelWriter } from '../engine/bytes.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
 import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
+import type { Hotpath } from '../hotpath/index.js';
+import { PageBitmap } from '../memory/index.js';
 import { findTail, splitSections, type ReceivedSection } from './device-split.js';
 import { plainBlockAllocator, RamLoader, type BlockAllocator } from './ram-loader.js';
 
@@ -46,6 +48,11 @@ export interface DestinationOptions {
   postcopyRam?: boolean;
   pageOps?: PageOps;
   status?: StatusPort;
+  /**
+   * Received bitmaps as memory/ PageBitmaps in this hot path's memory (what
+   * recovery's RECV_BITMAP needs); plain words otherwise.
+   */
+  hotpath?: Hotpath;
 }
 
 const hex = (v: number): string => v.toString(16);
@@ -70,15 +77,25 @@ export class MigrationDestination extends EventEmitter {
   /** PING values answered, in order. */
   readonly pings: number[] = [];
   private fullSeen = 0;
+  /** Received bitmaps as PageBitmaps (only with the `hotpath` option). */
+  readonly receivedBitmaps = new Map<string, PageBitmap>();
 
   constructor(opts: DestinationOptions = {}) {
     super();
     this.opts = opts;
     this.statusPort = opts.status ?? new EngineStatus();
+    const hp = opts.hotpath;
     this.ram = new RamLoader(
       opts.blocks ?? [],
       opts.pageOps ?? jsPageOps,
       opts.adopt ? (opts.allocBlock ?? plainBlockAllocator) : undefined,
+      hp
+        ? (pages, idstr) => {
+            const bm = PageBitmap.create(hp, pages);
+            this.receivedBitmaps.set(idstr, bm);
+            return bm.words32();
+          }
+        : undefined,
     );
   }
 
@@ -109,10 +126,13 @@ export class MigrationDestination extends EventEmitter {
    * Loads a whole incoming migration from `channel`. Resolves with the final
    * status; a load error ends in `failed` with error-desc (QEMU's message).
    */
-  async load(channel: Duplex): Promise<MigrationStatus> {
+  async load(channel: Duplex, opts: { signal?: AbortSignal } = {}): Promise<MigrationStatus> {
     if (this.status !== 'none') throw new PostcopyError('STATE', 'incoming migration already started');
     this.statusPort.transition('none', 'active');
     const r = new ChannelReader(channel);
+    const onAbort = (): void => void channel.destroy(new PostcopyError('CANCELLED', 'incoming migration aborted'));
+    opts.signal?.addEventListener('abort', onAbort);
+    if (opts.signal?.aborted) onAbort();
     try {
       await this.loadStream(r, channel);
       this.applyRunState();
@@ -126,6 +146,8 @@ export class MigrationDestination extends EventEmitter {
       this.statusPort.transition('active', 'failed');
       channel.end();
       setTimeout(() => channel.destroy(), 1000).unref();
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
     }
     return this.status;
   }

@@ -42,6 +42,7 @@ export class RamLoader {
     blocks: readonly EngineRamBlock[],
     private readonly ops: PageOps,
     private readonly adopt: BlockAllocator | undefined,
+    private readonly newBitmap: (pages: number, idstr: string) => PageBits = (pages) => new Uint32Array((pages + 31) >>> 5),
   ) {
     this.xbuf = ops.alloc(TP);
     this.blocks = [...blocks];
@@ -50,7 +51,7 @@ export class RamLoader {
 
   private index(b: EngineRamBlock): void {
     this.byName.set(b.idstr, b);
-    this.received.set(b.idstr, new Uint32Array((Math.floor(b.usedLength / TP) + 31) >>> 5));
+    this.received.set(b.idstr, this.newBitmap(Math.floor(b.usedLength / TP), b.idstr));
   }
 
   private fail(message: string, at: number): never {

@@ -37,8 +37,9 @@ import {
   type SourceParameters,
 } from './options.js';
 import { RamSaver } from './ram-saver.js';
-import { SourceReturnPath } from './return-path.js';
+import { SourceReturnPath, type PageRequest } from './return-path.js';
 import type { MigrationStats, SourceMigrationInfo } from './stats.js';
+import { emptyMigrationStats, sourceMigrationInfo } from '../control/info.js';
 import { AutoConverge } from './throttle.js';
 
 const TP = TARGET_PAGE_SIZE;
@@ -55,6 +56,8 @@ export interface MigrateOptions {
   devices?: readonly DeviceSection[] | (() => readonly DeviceSection[]);
   /** Write the VMDESCRIPTION after EOF (default true; QEMU's !suppress-vmdesc). */
   vmdesc?: boolean;
+  /** Aborting cancels the migration (as migrate_cancel). */
+  signal?: AbortSignal;
 }
 
 /** Construction options. */
@@ -99,6 +102,7 @@ export class MigrationSource extends EventEmitter {
   private dirtySyncCount = 0;
   private dirtyPagesRate = 0;
   private precopyBytes = 0;
+  private postcopyRequests = 0;
   private downtimeBytes = 0;
   // windows and periods
   private iterStart = 0;
@@ -170,6 +174,25 @@ export class MigrationSource extends EventEmitter {
     this.continueResolve?.();
   }
 
+  /**
+   * A page request from the return path: every target page of the range is
+   * queued ahead of the background scan (already-sent pages are dropped when
+   * dequeued). Throws (the return path turns bad) on an unknown block or a
+   * range outside it, as QEMU does.
+   */
+  private queuePageRequest(req: PageRequest): void {
+    const saver = this.saver;
+    const index = this.guest.blocks.findIndex((b) => b.idstr === req.idstr);
+    if (!saver || index < 0) throw new PostcopyError('RETURN_PATH', `Unknown block name: ${req.idstr}`);
+    const block = this.guest.blocks[index]!;
+    if (req.length === 0 || req.start + req.length > block.usedLength) {
+      throw new PostcopyError('RETURN_PATH', `Request out of range: ${req.idstr} 0x${req.start.toString(16)}+0x${req.length.toString(16)}`);
+    }
+    this.postcopyRequests++;
+    for (let off = req.start; off < req.start + req.length; off += TP) saver.queueUrgent(index, off / TP);
+    this.wake?.();
+  }
+
   private shutdownChannel(): void {
     const ch = this.channel as (Duplex & { shutdown?: () => void }) | undefined;
     if (!ch) return;
@@ -187,10 +210,15 @@ export class MigrationSource extends EventEmitter {
     this.channel = channel;
     this.startTime = now();
     this.statusPort.transition('none', 'setup');
+    const onAbort = (): void => this.cancel();
+    opts.signal?.addEventListener('abort', onAbort);
     try {
+      if (opts.signal?.aborted) this.cancel();
       await this.run(channel, opts);
     } catch (e) {
       await this.fail(e);
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
     }
     return this.status;
   }
@@ -221,7 +249,9 @@ export class MigrationSource extends EventEmitter {
   private async run(channel: Duplex, opts: MigrateOptions): Promise<void> {
     const w = (this.writer = new ChannelWriter(channel));
     const caps = this.capabilities;
-    if (caps.returnPath) this.rp = new SourceReturnPath(new ChannelReader(channel), {});
+    if (caps.returnPath) {
+      this.rp = new SourceReturnPath(new ChannelReader(channel), { onPageRequest: (req) => this.queuePageRequest(req) });
+    }
     writeHeader(w, opts.machineName ?? 'none');
     if (this.rp) {
       writeCommand(w, MigCmd.OPEN_RETURN_PATH);
@@ -273,7 +303,8 @@ export class MigrationSource extends EventEmitter {
     const t0 = now();
     let slice = t0;
     let i = 0;
-    while (!this.rateLimited()) {
+    // Urgent (requested) pages go out even when the window's budget is spent.
+    while (!this.rateLimited() || saver.urgent.length > 0) {
       const n = saver.sendNext(w, false);
       if (n === 0) break;
       if ((++i & (PAGES_PER_TIME_CHECK - 1)) === 0) {
@@ -439,29 +470,23 @@ export class MigrationSource extends EventEmitter {
     ch.end();
   }
 
-  /** query-migrate as QEMU shows it for the current status. */
+  /** query-migrate as QEMU shows it for the current status (control/'s builder). */
   queryMigrate(): SourceMigrationInfo {
     const status = this.status;
-    if (status === 'none') return {};
-    if (status === 'setup') return { status };
-    if (status === 'failed') return { status, 'error-desc': this.errorDesc ?? 'unknown error' };
-    if (status === 'cancelled') return { status };
-    const info: SourceMigrationInfo = { status };
     const ms = (v: number): number => Math.round(v);
-    if (status === 'completed') {
-      info['total-time'] = ms(this.totalTime);
-      info.downtime = ms(this.downtime);
-    } else {
-      info['total-time'] = ms(now() - this.startTime);
-      info['expected-downtime'] = ms(this.expectedDowntime);
-    }
-    info['setup-time'] = ms(this.setupTime);
-    info.ram = this.ramStats();
-    if (this.capabilities.xbzrle && this.saver && status !== 'completed') info['xbzrle-cache'] = this.saver.xbzrleStats();
-    if (this.capabilities.autoConverge && this.throttle.percentage > 0 && status !== 'completed') {
-      info['cpu-throttle-percentage'] = this.throttle.percentage;
-    }
-    return info;
+    const done = status === 'completed';
+    const throttling = this.capabilities.autoConverge && this.throttle.percentage > 0;
+    return sourceMigrationInfo({
+      status,
+      totalTime: ms(done ? this.totalTime : now() - this.startTime),
+      setupTime: ms(this.setupTime),
+      expectedDowntime: ms(this.expectedDowntime),
+      downtime: ms(this.downtime),
+      ram: this.saver ? this.ramStats() : undefined,
+      xbzrle: this.capabilities.xbzrle && this.saver ? this.saver.xbzrleStats() : undefined,
+      cpuThrottlePercentage: throttling ? this.throttle.percentage : undefined,
+      errorDesc: this.errorDesc ?? (status === 'failed' ? 'unknown error' : undefined),
+    });
   }
 
   /** The xbzrle-cache record regardless of status (tests, completed migrations). */
@@ -469,30 +494,26 @@ export class MigrationSource extends EventEmitter {
     return this.saver?.xbzrleStats();
   }
 
-  /** MigrationStats ("ram"). */
+  /** MigrationStats ("ram"), in QEMU's member order. */
   ramStats(): MigrationStats {
     const s = this.saver;
     const transferred = this.writer?.bytesWritten ?? 0;
     const stopped = this.guestStopped || this.status === 'completed';
-    return {
-      transferred,
-      remaining: (s?.dirtyPages ?? 0) * TP,
+    const normal = s?.counters.normal ?? 0;
+    return Object.assign(emptyMigrationStats(TP), {
       total: this.guest.blocks.reduce((a, b) => a + b.usedLength, 0),
-      duplicate: s?.counters.duplicate ?? 0,
-      skipped: 0,
-      normal: s?.counters.normal ?? 0,
-      'normal-bytes': (s?.counters.normal ?? 0) * TP,
-      'dirty-pages-rate': this.dirtyPagesRate,
-      mbps: this.mbps,
+      'postcopy-requests': this.postcopyRequests,
       'dirty-sync-count': this.dirtySyncCount,
-      'postcopy-requests': 0,
-      'page-size': TP,
-      'multifd-bytes': 0,
       'pages-per-second': Math.round(this.pagesPerSecond),
-      'precopy-bytes': stopped ? this.precopyBytes : transferred,
       'downtime-bytes': stopped ? (this.status === 'completed' ? this.downtimeBytes : transferred - this.precopyBytes) : 0,
-      'postcopy-bytes': 0,
-      'dirty-sync-missed-zero-copy': 0,
-    };
+      remaining: (s?.dirtyPages ?? 0) * TP,
+      mbps: this.mbps,
+      transferred,
+      'precopy-bytes': stopped ? this.precopyBytes : transferred,
+      duplicate: s?.counters.duplicate ?? 0,
+      'dirty-pages-rate': this.dirtyPagesRate,
+      'normal-bytes': normal * TP,
+      normal,
+    });
   }
 }

@@ -80,13 +80,4 @@ export class XbzrleCache {
   }
 }
 
-/** query-migrate "xbzrle-cache" (MigrationXbzrleCacheStats). */
-export interface XbzrleCacheStats {
-  'cache-size': number;
-  bytes: number;
-  pages: number;
-  'cache-miss': number;
-  'cache-miss-rate': number;
-  'encoding-rate': number;
-  overflow: number;
-}
+export type { XbzrleCacheStats } from '../control/info.js';
