@@ -113,10 +113,10 @@ export function bitmapFindNextZero(bm: usize, nbits: i32, from: i32): i32 {
 }
 
 /**
- * Writes the indexes (u32) of set bits >= from, in order, to out, at most max
- * of them. Returns how many were written; continue from the last one + 1.
+ * Scalar twin of bitmapCollect (a bit-at-a-time ctz loop with a SIMD skip of
+ * zero words); same contract and output.
  */
-export function bitmapCollect(bm: usize, nbits: i32, from: i32, out: usize, max: i32): i32 {
+export function bitmapCollectScalar(bm: usize, nbits: i32, from: i32, out: usize, max: i32): i32 {
   if (from >= nbits || max <= 0) return 0;
   if (from < 0) from = 0;
   const nw = (nbits + 63) >>> 6;
@@ -227,4 +227,87 @@ export function bitmapCopyMasked(src: usize, dst: usize, nbits: i32): void {
     const p = wordPtr(dst, nw - 1);
     store<u64>(p, load<u64>(p) & maskTo(tail));
   }
+}
+
+/**
+ * Writes the indexes of the set bits of `word` (bit 0 = index base) at out,
+ * four candidates at a time without per-bit branches; entries past the real
+ * count are scratch. Needs room for 64 entries. Returns the count.
+ */
+// @ts-ignore: decorator
+@inline
+function emitFlat(out: usize, base: i32, word: u64): i32 {
+  const n = <i32>popcnt<u64>(word);
+  let c = n;
+  let p = out;
+  while (true) {
+    store<u32>(p, base + <i32>ctz<u64>(word));
+    word &= word - 1;
+    store<u32>(p, base + <i32>ctz<u64>(word), 4);
+    word &= word - 1;
+    store<u32>(p, base + <i32>ctz<u64>(word), 8);
+    word &= word - 1;
+    store<u32>(p, base + <i32>ctz<u64>(word), 12);
+    word &= word - 1;
+    if (c <= 4) break;
+    c -= 4;
+    p += 16;
+  }
+  return n;
+}
+
+/**
+ * Writes the indexes (u32) of set bits >= from, in order, to out, at most max
+ * of them. Returns how many were written; continue from the last one + 1.
+ * Never writes at or past out + 4 * max.
+ *
+ * Shape: groups of 4 words; an all-zero group is skipped with one SIMD test
+ * (predictable when sparse), a non-zero group emits each word with emitFlat
+ * (no branch per bit, predictable when dense). The first (partial) word, the
+ * padded last word and the last 256 entries of `out` go through a careful
+ * bit-by-bit loop.
+ */
+export function bitmapCollect(bm: usize, nbits: i32, from: i32, out: usize, max: i32): i32 {
+  if (from >= nbits || max <= 0) return 0;
+  if (from < 0) from = 0;
+  const nw = (nbits + 63) >>> 6;
+  const fullWords = nbits >>> 6; // words with no padding bits
+  let n = 0;
+  let w = from >>> 6;
+  let word = load<u64>(wordPtr(bm, w)) & maskFrom(from & 63);
+  // the first word, carefully
+  while (word != 0) {
+    const idx = (w << 6) + <i32>ctz<u64>(word);
+    if (idx >= nbits) return n;
+    store<u32>(out + (<usize>n << 2), idx);
+    n++;
+    if (n == max) return n;
+    word &= word - 1;
+  }
+  w++;
+  while (w + 4 <= fullWords && n + 256 <= max) {
+    const p = wordPtr(bm, w);
+    if (v128.any_true(v128.or(v128.load(p), v128.load(p, 16)))) {
+      const base = w << 6;
+      n += emitFlat(out + (<usize>n << 2), base, load<u64>(p));
+      n += emitFlat(out + (<usize>n << 2), base + 64, load<u64>(p, 8));
+      n += emitFlat(out + (<usize>n << 2), base + 128, load<u64>(p, 16));
+      n += emitFlat(out + (<usize>n << 2), base + 192, load<u64>(p, 24));
+    }
+    w += 4;
+  }
+  // the rest, carefully
+  while (w < nw) {
+    word = load<u64>(wordPtr(bm, w));
+    while (word != 0) {
+      const idx = (w << 6) + <i32>ctz<u64>(word);
+      if (idx >= nbits) return n;
+      store<u32>(out + (<usize>n << 2), idx);
+      n++;
+      if (n == max) return n;
+      word &= word - 1;
+    }
+    w++;
+  }
+  return n;
 }

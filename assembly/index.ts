@@ -16,6 +16,7 @@ export {
   bitmapFindNext,
   bitmapFindNextZero,
   bitmapCollect,
+  bitmapCollectScalar,
   bitmapCount,
   bitmapFillRange,
   bitmapComplementRange,

@@ -181,11 +181,11 @@ printTable('XBZRLE decode', ['pattern', 'bytes', 'WASM', 'plain TS', 'TS/WASM', 
     }
     set = hp.bitmapCount(bm, 0, NBITS);
     let found = 0;
-    const scanWasm = (): number => {
+    const scanWith = (collect: (b: number, nb: number, f: number, o: number, m: number) => number): number => {
       let from = 0;
       let total = 0;
       for (;;) {
-        const n = hp.bitmapCollect(bm, NBITS, from, out, BATCH);
+        const n = collect(bm, NBITS, from, out, BATCH);
         total += n;
         if (n < BATCH) break;
         from = new Uint32Array(hp.memory.buffer, out + (n - 1) * 4, 1)[0]! + 1;
@@ -203,10 +203,13 @@ printTable('XBZRLE decode', ['pattern', 'bytes', 'WASM', 'plain TS', 'TS/WASM', 
       }
       return total;
     };
+    const scanWasm = (): number => scanWith(hp.wasm.bitmapCollect);
+    const scanScalar = (): number => scanWith(hp.wasm.bitmapCollectScalar);
     found = scanWasm();
     if (found !== set || scanJs() !== set) throw new Error(`scan found ${found}, count says ${set}`);
     const tw = nsPerOp(scanWasm, quick ? 60 : 150, 3);
     const tj = nsPerOp(scanJs, quick ? 60 : 150, 3);
+    const ts = nsPerOp(scanScalar, quick ? 60 : 150, 3);
     // findNext called once per set bit from JS (the shape a page-at-a-time sender uses)
     const fn = density > 0.1 ? NaN : nsPerOp(() => {
       let c = 0;
@@ -214,11 +217,11 @@ printTable('XBZRLE decode', ['pattern', 'bytes', 'WASM', 'plain TS', 'TS/WASM', 
       return c;
     }, quick ? 60 : 150, 3);
     const cnt = nsPerOp(() => hp.bitmapCount(bm, 0, NBITS), 30, 3);
-    rows.push([label, String(set), fmtNs(tw), fmtNs(tj), ratio(tj, tw), fmtNs(fn), fmtNs(cnt), cRef[label]!]);
+    rows.push([label, String(set), fmtNs(tw), fmtNs(ts), fmtNs(tj), ratio(tj, tw), fmtNs(fn), fmtNs(cnt), cRef[label]!]);
   }
   printTable(
     'Dirty-bitmap scan, 16.8 M bits (64 GiB of 4 KiB pages): list every set bit',
-    ['density', 'set bits', 'WASM collect', 'plain TS', 'TS/WASM', 'WASM findNext/bit', 'WASM count', 'C word+ctz (LIMITS)'],
+    ['density', 'set bits', 'WASM collect', 'WASM scalar twin', 'plain TS', 'TS/WASM', 'WASM findNext/bit', 'WASM count', 'C word+ctz (LIMITS)'],
     rows,
   );
 }

@@ -22,6 +22,7 @@ export interface HotpathExports {
   bitmapFindNext(bm: number, nbits: number, from: number): number;
   bitmapFindNextZero(bm: number, nbits: number, from: number): number;
   bitmapCollect(bm: number, nbits: number, from: number, out: number, max: number): number;
+  bitmapCollectScalar(bm: number, nbits: number, from: number, out: number, max: number): number;
   bitmapCount(bm: number, start: number, end: number): number;
   bitmapFillRange(bm: number, start: number, end: number, value: number): void;
   bitmapComplementRange(src: number, dst: number, start: number, end: number): void;

@@ -71,24 +71,41 @@ describe('bitmap ops: WASM vs reference', () => {
     expect(hp.bitmapFindNext(A, 130, 0)).toBe(130);
   });
 
-  it('collect lists every set bit in order, in batches', () => {
+  it('collect (and its scalar twin) lists every set bit in order, in batches, never past max', () => {
+    const collectors = [
+      (from: number, nbits: number, max: number) => hp.bitmapCollect(A, nbits, from, OUT, max),
+      (from: number, nbits: number, max: number) => hp.wasm.bitmapCollectScalar(A, nbits, from, OUT, max),
+    ];
+    const guard = new Uint32Array(hp.memory.buffer, OUT, MAXBITS);
     for (const nbits of SIZES) {
-      const v = randomBitmap(A, nbits, 0.3, r);
-      const expected: number[] = [];
-      for (let b = 0; b < nbits; b++) if ((v[b >>> 5]! >>> (b & 31)) & 1) expected.push(b);
-      for (const batch of [1, 5, 64, MAXBITS]) {
-        const got: number[] = [];
-        let from = 0;
-        for (;;) {
-          const n = hp.bitmapCollect(A, nbits, from, OUT, batch);
-          const out = new Uint32Array(hp.memory.buffer, OUT, n);
-          got.push(...out);
-          if (n < batch) break;
-          from = out[n - 1]! + 1;
+      for (const density of [0.3, 0.97]) {
+        const v = randomBitmap(A, nbits, density, r);
+        const expected: number[] = [];
+        for (let b = 0; b < nbits; b++) if ((v[b >>> 5]! >>> (b & 31)) & 1) expected.push(b);
+        for (const collect of collectors) {
+          for (const batch of [1, 5, 64, 257, 1000, MAXBITS - 300]) {
+            const got: number[] = [];
+            let from = 0;
+            for (;;) {
+              guard.fill(0xdeadbeef, batch, batch + 300);
+              const n = collect(from, nbits, batch);
+              if (guard.subarray(batch, batch + 300).some((x) => x !== 0xdeadbeef)) fail(`collect wrote past max=${batch}`);
+              const out = new Uint32Array(hp.memory.buffer, OUT, n);
+              got.push(...out);
+              if (n < batch) break;
+              from = out[n - 1]! + 1;
+            }
+            if (got.length !== expected.length || got.some((x, i) => x !== expected[i])) {
+              fail(`collect nbits=${nbits} batch=${batch}: ${got.length} bits, expected ${expected.length}`);
+            }
+          }
         }
-        expect(got).toEqual(expected);
         const ref = new Uint32Array(nbits);
         expect([...ref.subarray(0, bitmapCollectRef(v, nbits, 0, ref))]).toEqual(expected);
+        // starting mid-word
+        const from = Math.floor(nbits / 3);
+        const n = hp.bitmapCollect(A, nbits, from, OUT, MAXBITS);
+        expect([...new Uint32Array(hp.memory.buffer, OUT, n)]).toEqual(expected.filter((b) => b >= from));
       }
     }
   });
