@@ -59,6 +59,18 @@ describe('checkGuestMemory', () => {
     expect(r.detail).toMatch(/page 9 .*byte 8/);
   });
 
+  it('accepts the first page of the very first pass caught mid-write (fill, then index, then q)', () => {
+    const p = BASE;
+    const ram = run(p, 0);
+    writePage(ram, p, 0, 1, 12); // part of the fill
+    expect(checkGuestMemory(ram, p)).toMatchObject({ ok: true, pass: 0, newer: 0 });
+    writePage(ram, p, 0, 1, p.n); // whole page: now pass 1 has begun
+    new DataView(ram.buffer).setUint32(p.start, 0, true); // ...but q not yet stored
+    expect(checkGuestMemory(ram, p)).toMatchObject({ ok: true, pass: 0, newer: 0 });
+    writePage(ram, p, 3, 1, 12); // another never-written page partly filled: impossible
+    expect(checkGuestMemory(ram, p).detail).toMatch(/page 3 .*byte 8/);
+  });
+
   it('rejects a stale page (a lost dirty page) anywhere in the set', () => {
     const p = { ...BASE, pattern: 'rand' as const };
     const ram = run(p, 3 * guestPages(p) + 10);
