@@ -104,8 +104,11 @@ describe.skipIf(!existsSync(QEMU))('postcopy commands against a real QEMU 7.2 de
       encodeCommand(w, { kind: 'ping', value: 4 });
       await w.flush();
 
-      // Touch a missing page on the destination: its fault thread asks for it.
+      // PONG 3 is sent while the package is parsed, after LISTEN registered
+      // userfaultfd: only then does touching a page fault.
       const got: RpMessage[] = [];
+      while (!got.some((m) => m.kind === 'pong' && m.value === 3)) got.push(await nextRp());
+      // Touch a missing page on the destination: its fault thread asks for it.
       const faultOut = join(dir, 'fault.bin');
       const pmem = qmp('pmemsave', { val: 0x5000, size: 0x1000, filename: faultOut });
       let req: RpMessage | undefined;
@@ -210,12 +213,15 @@ describe.skipIf(!existsSync(QEMU))('postcopy commands against a real QEMU 7.2 de
       encodeCommand(w, { kind: 'postcopyRamDiscard', blockName: 'ram', ranges: [{ start: 0, length: 0x400000 }] });
       const pkg = new ByteWriter();
       encodeCommand(pkg, { kind: 'postcopyListen' });
+      encodeCommand(pkg, { kind: 'ping', value: 3 });
       encodeCommand(pkg, { kind: 'postcopyRun' });
       const blob = pkg.toBytes();
       encodeCommand(w, { kind: 'packaged', length: blob.length });
       w.bytes(blob);
       await w.flush();
       expect(await rp.decode(decodeRpMessage)).toEqual({ kind: 'pong', value: 1 });
+      // After PONG 3, LISTEN has registered userfaultfd.
+      expect(await rp.decode(decodeRpMessage)).toEqual({ kind: 'pong', value: 3 });
       // Serve one faulted page so it is "received" before the cut.
       const pmem = qmp('pmemsave', { val: 0x5000, size: 0x1000, filename: join(dir, 'f2.bin') });
       let req: RpMessage;
