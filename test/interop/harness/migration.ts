@@ -36,7 +36,8 @@ export async function waitForStatus(
     info = await qmp.execute<MigrateInfo>('query-migrate');
     const st = info.status ?? 'none';
     if (want.includes(st)) {
-      if (st === 'completed' && !info['total-time'] && Date.now() < deadline) {
+      // (A destination's query-migrate has no total-time at all: nothing to wait for.)
+      if (st === 'completed' && info['total-time'] === 0 && Date.now() < deadline) {
         await sleep(pollMs);
         continue;
       }
