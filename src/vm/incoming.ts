@@ -1,0 +1,192 @@
+/**
+ * Incoming: the `-incoming` side of a SimVm. Listens on the command-line
+ * URI or, with `defer`, on the one `migrate-incoming` gives; accepts one
+ * channel and loads it with MigrationDestination. With local RAM (--ram)
+ * the blocks must match; without, the source's RAM layout and machine type
+ * are adopted. Device sections we have no model for are kept as opaque
+ * bytes. After the load the run state follows globalstate/autostart; a
+ * failed load ends the process with status 1, as QEMU does (SPEC §1.8).
+ */
+import type { Duplex } from 'node:stream';
+import { QmpError } from '../errors.js';
+import { listen, type Listener } from '../transport/listen.js';
+import type { Channel } from '../transport/channel.js';
+import { engineBlocks } from '../engine/memory-guest.js';
+import { MigrationDestination } from '../destination/destination.js';
+import { plainBlockAllocator } from '../destination/ram-loader.js';
+import { MIGRATE_ERRORS } from '../control/migrate-args.js';
+import { isActiveStatus, type StatusMachine } from '../control/status.js';
+import { QEMU_VM_FILE_MAGIC } from '../wire/constants.js';
+import type { RunState, SimVm } from './vm.js';
+
+/** Header bytes before the machine name: magic, version, CONFIGURATION, be32 length. */
+const CONFIG_NAME_AT = 13;
+const MAX_MACHINE_NAME = 256;
+
+/** Reads exactly `n` bytes from a paused-mode readable; undefined at end of stream. */
+async function readExactly(s: Duplex, n: number): Promise<Buffer | undefined> {
+  const parts: Buffer[] = [];
+  let have = 0;
+  while (have < n) {
+    const chunk = s.read() as Buffer | null;
+    if (chunk === null) {
+      if (s.readableEnded || s.destroyed) break;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          s.off('readable', done);
+          s.off('end', done);
+          s.off('close', done);
+          resolve();
+        };
+        s.on('readable', done);
+        s.on('end', done);
+        s.on('close', done);
+      });
+      continue;
+    }
+    parts.push(chunk);
+    have += chunk.length;
+  }
+  const all = Buffer.concat(parts);
+  if (all.length > n) s.unshift(all.subarray(n));
+  if (all.length < n) {
+    if (all.length > 0) s.unshift(all);
+    return undefined;
+  }
+  return all.subarray(0, n);
+}
+
+/**
+ * Peeks the machine type name of the configuration section and puts every
+ * byte back. Undefined when the stream does not start like a migration stream.
+ */
+export async function peekMachineName(s: Duplex): Promise<string | undefined> {
+  const head = await readExactly(s, CONFIG_NAME_AT);
+  if (!head) return undefined;
+  const len = head.readUInt32BE(9);
+  if (head.readUInt32BE(0) !== QEMU_VM_FILE_MAGIC || len > MAX_MACHINE_NAME) {
+    s.unshift(head);
+    return undefined;
+  }
+  const name = await readExactly(s, len);
+  if (name) s.unshift(name);
+  s.unshift(head);
+  return name?.toString('latin1');
+}
+
+export class Incoming {
+  readonly status: StatusMachine;
+  private listener: Listener | undefined;
+  private dest: MigrationDestination | undefined;
+  private channel: Channel | undefined;
+  /** migrate-incoming was run (or -incoming had a URI). */
+  started = false;
+
+  constructor(
+    private readonly vm: SimVm,
+    private readonly uri: string,
+  ) {
+    this.status = vm.newStatus();
+  }
+
+  /** True while a stream is being loaded. */
+  busy(): boolean {
+    return isActiveStatus(this.status.status);
+  }
+
+  /** Listens on the -incoming URI unless it is `defer`. */
+  async startFromCommandLine(): Promise<void> {
+    if (this.uri === 'defer') return;
+    this.started = true;
+    await this.listenOn(this.uri);
+  }
+
+  /** migrate-incoming. */
+  async migrateIncoming(uri: string): Promise<void> {
+    if (this.uri !== 'defer' || this.started) throw new QmpError(MIGRATE_ERRORS.incomingStarted);
+    this.started = true;
+    this.status.emitSetup();
+    try {
+      await this.listenOn(uri);
+    } catch (e) {
+      this.started = false;
+      throw new QmpError(e instanceof Error ? e.message : String(e));
+    }
+  }
+
+  private async listenOn(uri: string): Promise<void> {
+    this.listener = await listen(uri);
+    void this.acceptAndLoad(this.listener);
+  }
+
+  private async acceptAndLoad(l: Listener): Promise<void> {
+    let ch: Channel;
+    try {
+      ch = await l.accept();
+    } catch {
+      return; // listener closed
+    }
+    this.channel = ch;
+    const vm = this.vm;
+    const adopt = vm.memory === undefined;
+    let machineName = vm.machineName;
+    if (adopt) machineName = (await peekMachineName(ch)) ?? machineName;
+    const local = vm.memory ? engineBlocks(vm.memory) : undefined;
+    const dest = (this.dest = new MigrationDestination({
+      machineName,
+      blocks: local,
+      // Unknown device sections are kept opaque; RAM blocks must exist when we have local RAM.
+      adopt: true,
+      allocBlock: adopt
+        ? plainBlockAllocator
+        : (idstr) => {
+            throw new Error(`Unknown ramblock "${idstr}", cannot accept migration`);
+          },
+      autostart: true,
+      postcopyRam: vm.config.capabilities['postcopy-ram'],
+      pageOps: vm.pageOps,
+      status: this.status,
+    }));
+    const status = await dest.load(ch);
+    void l.close();
+    if (status !== 'completed') {
+      const why = dest.queryMigrate()['error-desc'] ?? 'unknown error';
+      process.stderr.write(`postcopy vm: ${why}\npostcopy vm: load of migration failed: Invalid argument\n`);
+      await vm.shutdown(1);
+      return;
+    }
+    if (adopt) {
+      vm.adoptMemory(dest.blocks);
+      vm.machineName = machineName;
+    }
+    if (dest.devices.length > 0) {
+      vm.devices = dest.devices.map((d) => ({ idstr: d.idstr, instanceId: d.instanceId, versionId: d.versionId, payload: d.payload }));
+    }
+    vm.saveRam();
+    vm.startWorkload();
+    // globalstate "running" (or none) → autostart decides; any other state is applied.
+    const gs = dest.globalState;
+    if (gs === undefined || gs === 'running') {
+      if (vm.autostart) vm.vmStart();
+      else vm.runState = 'paused';
+    } else {
+      vm.runState = gs as RunState;
+    }
+  }
+
+  /** migrate_cancel on the destination: QEMU 7.2 ignores it here (the source cancels). */
+  cancel(): void {}
+
+  /** query-migrate: status, plus socket-address while listening. */
+  queryMigrate(): Record<string, unknown> {
+    const info: Record<string, unknown> = { ...(this.dest?.queryMigrate() ?? {}) };
+    const addr = this.listener?.socketAddress;
+    if (addr && this.status.status !== 'completed' && this.status.status !== 'failed') info['socket-address'] = addr;
+    return info;
+  }
+
+  /** Stops listening. */
+  async close(): Promise<void> {
+    await this.listener?.close();
+  }
+}

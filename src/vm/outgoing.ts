@@ -1,0 +1,158 @@
+/**
+ * Outgoing: one `migrate` of a SimVm. Connects the URI (a failure shows up
+ * as `failed` in query-migrate, as in QEMU 7.2, not as a QMP error), runs
+ * MigrationSource over the VM's GuestMemory with the QMP capabilities and
+ * parameters, stops the VM at switchover (STOP, finish-migrate) and leaves
+ * it in postmigrate after completion, or resumes it after cancel/failure.
+ */
+import { QmpError } from '../errors.js';
+import { connect } from '../transport/connect.js';
+import { parseMigrationUri } from '../transport/uri.js';
+import type { Channel } from '../transport/channel.js';
+import { sourceGuestFromMemory } from '../engine/memory-guest.js';
+import { MigrationSource } from '../source/source.js';
+import type { SourceCapabilities, SourceParameters } from '../source/options.js';
+import type { Capabilities } from '../control/capabilities.js';
+import type { Parameters } from '../control/parameters.js';
+import { isActiveStatus, type MigrationStatus, type StatusMachine } from '../control/status.js';
+import { deviceSections } from './devices.js';
+import type { RunState, SimVm } from './vm.js';
+
+/** The engine's capabilities from the QMP record. */
+export function sourceCapabilities(c: Capabilities): SourceCapabilities {
+  return {
+    xbzrle: c.xbzrle,
+    autoConverge: c['auto-converge'],
+    events: c.events,
+    returnPath: c['return-path'],
+    pauseBeforeSwitchover: c['pause-before-switchover'],
+  };
+}
+
+/** The engine's parameters from the QMP record (max-bandwidth 2^64-1 → unlimited). */
+export function sourceParameters(p: Parameters): SourceParameters {
+  const bw = p['max-bandwidth'] > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(p['max-bandwidth']);
+  return {
+    maxBandwidth: bw,
+    downtimeLimit: p['downtime-limit'],
+    xbzrleCacheSize: p['xbzrle-cache-size'],
+    cpuThrottleInitial: p['cpu-throttle-initial'],
+    cpuThrottleIncrement: p['cpu-throttle-increment'],
+    cpuThrottleTailslow: p['cpu-throttle-tailslow'],
+    maxCpuThrottle: p['max-cpu-throttle'],
+    throttleTriggerThreshold: p['throttle-trigger-threshold'],
+  };
+}
+
+export class Outgoing {
+  readonly status: StatusMachine;
+  private source: MigrationSource | undefined;
+  private connectError: string | undefined;
+  private connecting: AbortController | undefined;
+  private channel: Channel | undefined;
+  /** Run state when the migration stopped the VM (what globalstate carries). */
+  private stoppedFrom: RunState | undefined;
+  /** Resolves with the final status. */
+  done: Promise<MigrationStatus> = Promise.resolve('none');
+
+  constructor(private readonly vm: SimVm) {
+    this.status = vm.newStatus();
+  }
+
+  /** Current status, `setup` while connecting. */
+  get current(): MigrationStatus {
+    if (this.connecting) return 'setup';
+    if (this.connectError !== undefined) return 'failed';
+    return this.status.status;
+  }
+
+  /** True while it runs. */
+  busy(): boolean {
+    return this.connecting !== undefined || isActiveStatus(this.status.status);
+  }
+
+  /** Validates the URI synchronously (QMP error), then runs in the background. */
+  start(uri: string): void {
+    try {
+      parseMigrationUri(uri, 'outgoing');
+    } catch (e) {
+      throw new QmpError(e instanceof Error ? e.message : String(e));
+    }
+    const ac = (this.connecting = new AbortController());
+    this.done = (async (): Promise<MigrationStatus> => {
+      let ch: Channel;
+      try {
+        ch = await connect(uri, ac.signal);
+      } catch (e) {
+        this.connecting = undefined;
+        this.connectError = ac.signal.aborted ? undefined : e instanceof Error ? e.message : String(e);
+        if (this.connectError === undefined) return 'cancelled';
+        this.vm.bus.emit('MIGRATION', { status: 'failed' });
+        return 'failed';
+      }
+      this.connecting = undefined;
+      this.channel = ch;
+      return this.run(ch);
+    })();
+  }
+
+  private async run(ch: Channel): Promise<MigrationStatus> {
+    const vm = this.vm;
+    const mem = vm.memory!;
+    const guest = sourceGuestFromMemory(mem, {
+      stop: async () => {
+        this.stoppedFrom = vm.runState;
+        await vm.vmStop('finish-migrate');
+      },
+      resume: () => {
+        if (this.stoppedFrom === 'running') vm.vmStart();
+        else if (this.stoppedFrom) vm.runState = this.stoppedFrom;
+        this.stoppedFrom = undefined;
+      },
+      setThrottle: (p) => vm.workload?.setThrottle(p),
+    });
+    const src = (this.source = new MigrationSource(guest, {
+      capabilities: sourceCapabilities(vm.config.capabilities),
+      parameters: sourceParameters(vm.config.parameters),
+      pageOps: vm.pageOps,
+      status: this.status,
+    }));
+    src.on('MIGRATION_PASS', (d: { pass: number }) => vm.bus.emit('MIGRATION_PASS', { pass: d.pass }));
+    const status = await src.migrate(ch, {
+      machineName: vm.machineName,
+      devices: () => deviceSections(vm.devices, this.stoppedFrom ?? vm.runState),
+    });
+    vm.workload?.setThrottle(0);
+    if (status === 'completed') {
+      vm.runState = 'postmigrate';
+    }
+    return status;
+  }
+
+  /** migrate-set-parameters during a migration. */
+  applyParameters(): void {
+    this.source?.setParameters(sourceParameters(this.vm.config.parameters));
+  }
+
+  /** migrate_cancel. */
+  cancel(): void {
+    if (this.connecting) {
+      this.connecting.abort();
+      this.connecting = undefined;
+      return;
+    }
+    this.source?.cancel();
+  }
+
+  /** migrate-continue (the caller checked the state). */
+  continue(state: MigrationStatus): void {
+    this.source?.continue(state);
+  }
+
+  /** query-migrate. */
+  queryMigrate(): Record<string, unknown> {
+    if (this.connecting) return { status: 'setup' };
+    if (this.connectError !== undefined) return { status: 'failed', 'error-desc': this.connectError };
+    return (this.source?.queryMigrate() ?? {}) as Record<string, unknown>;
+  }
+}
