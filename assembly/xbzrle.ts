@@ -66,64 +66,82 @@ function firstEqualScalar(a: usize, b: usize, i: i32, n: i32): i32 {
 // (1) d + 2 > dlen at the start of every tuple, (2) after the zrun ULEB,
 // (3) d + nzrun > dlen after the nzrun ULEB.
 
+/** Equal-byte mask of the 64 bytes at a+pos / b+pos (bit t: byte pos+t equal). */
+// @ts-ignore: decorator
+@inline
+function eqMask64(a: usize, b: usize, pos: i32): u64 {
+  const pa = a + <usize>pos;
+  const pb = b + <usize>pos;
+  const m0 = <u64>i8x16.bitmask(i8x16.eq(v128.load(pa), v128.load(pb)));
+  const m1 = <u64>i8x16.bitmask(i8x16.eq(v128.load(pa, 16), v128.load(pb, 16)));
+  const m2 = <u64>i8x16.bitmask(i8x16.eq(v128.load(pa, 32), v128.load(pb, 32)));
+  const m3 = <u64>i8x16.bitmask(i8x16.eq(v128.load(pa, 48), v128.load(pb, 48)));
+  return m0 | (m1 << 16) | (m2 << 32) | (m3 << 48);
+}
+
+/** True if the 64 bytes at a+pos and b+pos are all equal. */
+// @ts-ignore: decorator
+@inline
+function equal64(a: usize, b: usize, pos: i32): bool {
+  const pa = a + <usize>pos;
+  const pb = b + <usize>pos;
+  const x = v128.or(
+    v128.or(v128.xor(v128.load(pa), v128.load(pb)), v128.xor(v128.load(pa, 16), v128.load(pb, 16))),
+    v128.or(v128.xor(v128.load(pa, 32), v128.load(pb, 32)), v128.xor(v128.load(pa, 48), v128.load(pb, 48))),
+  );
+  return !v128.any_true(x);
+}
+
 /**
  * Encodes `newPtr` against `oldPtr` (slen bytes, slen <= 16384) into dst
  * (at most dlen bytes). Returns the encoded length, 0 if unchanged, -1 on
- * overflow. SIMD version: a 16-byte "equal" mask window is kept across run
- * boundaries, so short runs cost bit operations, not reloads; long equal runs
- * are skipped 64 bytes at a time. Lengths that are not a multiple of 16 go
- * to the scalar twin.
+ * overflow. SIMD version: equal 64-byte blocks are skipped with one vector
+ * test; elsewhere a 64-bit "equal" mask of a 64-byte window is built once and
+ * every run boundary inside it is found with ctz, so short runs cost bit
+ * operations, not reloads or byte loops. slen < 64 goes to the scalar twin.
  */
 export function xbzrleEncodeSimd(oldPtr: usize, newPtr: usize, slen: i32, dst: usize, dlen: i32): i32 {
-  if (slen < 16 || (slen & 15) != 0) return xbzrleEncodeScalar(oldPtr, newPtr, slen, dst, dlen);
+  if (slen < 64) return xbzrleEncodeScalar(oldPtr, newPtr, slen, dst, dlen);
   let i = 0;
   let d = 0;
-  let wpos = -16; // the window covers bytes [wpos, wpos + 16)
-  let weq = 0; // bit t set: byte wpos + t is equal in both pages
+  let wpos = -64; // the window covers bytes [wpos, wpos + 64)
+  let weq: u64 = 0; // bit t set: byte wpos + t is equal in both pages
   while (i < slen) {
     if (d + 2 > dlen) return -1;
     // zero run: first differing byte at or after i
     let j = i;
-    while (j < slen) {
-      if (j >= wpos + 16) {
-        wpos = j + 16 <= slen ? j : slen - 16;
-        weq = i8x16.bitmask(i8x16.eq(v128.load(oldPtr + <usize>wpos), v128.load(newPtr + <usize>wpos)));
+    while (true) {
+      if (j < wpos + 64) {
+        const m = ~weq >> <u64>(j - wpos);
+        if (m != 0) {
+          j += <i32>ctz<u64>(m);
+          break;
+        }
+        j = wpos + 64;
       }
-      const m = (~weq & 0xffff) >>> (j - wpos);
-      if (m != 0) {
-        j += ctz<i32>(m);
-        break;
-      }
-      j = wpos + 16;
-      while (j + 64 <= slen) {
-        const pa = oldPtr + <usize>j;
-        const pb = newPtr + <usize>j;
-        const x = v128.or(
-          v128.or(v128.xor(v128.load(pa), v128.load(pb)), v128.xor(v128.load(pa, 16), v128.load(pb, 16))),
-          v128.or(v128.xor(v128.load(pa, 32), v128.load(pb, 32)), v128.xor(v128.load(pa, 48), v128.load(pb, 48))),
-        );
-        if (v128.any_true(x)) break;
-        j += 64;
-      }
+      while (j + 64 <= slen && equal64(oldPtr, newPtr, j)) j += 64;
+      if (j >= slen) break;
+      wpos = j + 64 <= slen ? j : slen - 64;
+      weq = eqMask64(oldPtr, newPtr, wpos);
     }
+    if (j > slen) j = slen;
     const zrun = j - i;
     if (zrun == slen) return 0;
     if (j == slen) return d;
     d += ulebPut(dst + <usize>d, zrun);
     if (d + 2 > dlen) return -1;
-    // non-zero run: first equal byte at or after j
+    // non-zero run: first equal byte at or after j (j is inside the window)
     let k = j;
-    while (k < slen) {
-      if (k >= wpos + 16) {
-        wpos = k + 16 <= slen ? k : slen - 16;
-        weq = i8x16.bitmask(i8x16.eq(v128.load(oldPtr + <usize>wpos), v128.load(newPtr + <usize>wpos)));
-      }
-      const m = weq >>> (k - wpos);
+    while (true) {
+      const m = weq >> <u64>(k - wpos);
       if (m != 0) {
-        k += ctz<i32>(m);
+        k += <i32>ctz<u64>(m);
         break;
       }
-      k = wpos + 16;
+      k = wpos + 64;
+      if (k >= slen) break;
+      wpos = k + 64 <= slen ? k : slen - 64;
+      weq = eqMask64(oldPtr, newPtr, wpos);
     }
     const nz = k - j;
     d += ulebPut(dst + <usize>d, nz);
