@@ -6,7 +6,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { QmpClient } from '../../../src/control/qmp-client.js';
+
+/** Anything with QMP's execute (our QmpClient, the test guest's MiniQmp). */
+export interface QmpLike {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
+}
 
 /** The subset of query-migrate we read. */
 export interface MigrateInfo {
@@ -24,7 +28,7 @@ export interface MigrateInfo {
  * moment, SPEC §13), queries again so the figures are real.
  */
 export async function waitForStatus(
-  qmp: QmpClient,
+  qmp: QmpLike,
   status: string | string[],
   timeoutMs = 30_000,
   pollMs = 20,
@@ -72,7 +76,7 @@ export interface CaptureOptions {
  * the file is whole when this resolves (the source reports `completed`
  * before its pipe reader is done). Returns the file path.
  */
-export async function captureStream(qmp: QmpClient, opts: CaptureOptions = {}): Promise<string> {
+export async function captureStream(qmp: QmpLike, opts: CaptureOptions = {}): Promise<string> {
   const file = opts.file ?? path.join(opts.dir ?? '/tmp', `stream-${randomBytes(6).toString('hex')}.bin`);
   if (/[^\w./+-]/.test(file)) throw new Error(`captureStream: unsafe path for a shell: ${file}`);
   if (opts.capabilities) {
