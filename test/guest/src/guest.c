@@ -33,7 +33,7 @@ typedef unsigned char u8;
 #define FLUSH_PAGE 1u
 #define FLUSH_NONE 2u
 
-extern char stack_bottom[];
+extern char __bss_end[];
 
 static inline void outb(unsigned short port, u8 v) {
     __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
@@ -200,6 +200,12 @@ void guest_main(u32 magic, const u32 *mbi) {
     ser_putu(g.step);
     ser_puts(g.flush == FLUSH_ALL ? " flush=all\n" : g.flush == FLUSH_PAGE ? " flush=page\n" : " flush=none\n");
     if (!g.pages) { ser_puts("GUEST EMPTY\n"); return; }
+    /* Refuse a working set over the kernel itself or beyond RAM (multiboot mem_upper). */
+    if (g.start < (u32)__bss_end ||
+        ((mbi[0] & 1u) && g.start + g.pages * PAGE_SIZE > (1u << 20) + mbi[2] * 1024u)) {
+        ser_puts("GUEST BAD WORKING SET\n");
+        return;
+    }
 
     /* Rate limiting: in chunks of `chunk` pages, busy-wait for the chunk's
      * time budget. No catch-up: if the TSC jumps (migration to another host
