@@ -4,6 +4,7 @@
  * Node Writable (one write per page is ~5x slower, see LIMITS.md).
  */
 
+import { Socket } from 'node:net';
 import type { Writable } from 'node:stream';
 import { PostcopyError } from '../errors.js';
 
@@ -172,6 +173,13 @@ export function encodeToBytes(fn: (w: WireSink) => void, sizeHint = 64): Uint8Ar
 export interface StreamWriterOptions {
   /** Size of one batch (one underlying write), default 256 KiB. */
   batchSize?: number;
+  /**
+   * Reuse a batch buffer once its write callback has run. Safe only when the
+   * stream is done with a chunk by then (sockets: the kernel has it); NOT for
+   * streams that keep chunks, such as PassThrough pairs. Default: true for a
+   * net.Socket, false otherwise.
+   */
+  recycle?: boolean;
 }
 
 /**
@@ -194,12 +202,14 @@ export class StreamWriter extends BufferSink {
   private readonly pool: Uint8Array[] = [];
   /** Batches handed to the stream whose write callback has not run yet. */
   private inflight = 0;
+  private readonly recycle: boolean;
 
   constructor(out: Writable, opts: StreamWriterOptions = {}) {
     const size = opts.batchSize ?? 256 * 1024;
     super(Buffer.allocUnsafeSlow(size));
     this.batchSize = size;
     this.out = out;
+    this.recycle = opts.recycle ?? out instanceof Socket;
     out.on('drain', () => {
       this.blocked = false;
       if (!this.needsDrain) this.wake();
@@ -229,9 +239,9 @@ export class StreamWriter extends BufferSink {
   }
 
   /**
-   * True when the stream is over its high-water mark, or when POOL_MAX
-   * batches are still in flight (waiting lets their buffers be recycled rather
-   * than allocating fresh memory for every batch); await drain().
+   * True when the stream is over its high-water mark, or (when recycling)
+   * POOL_MAX batches are still in flight: waiting lets their buffers be reused
+   * rather than allocating fresh memory for every batch. Await drain().
    */
   get needsDrain(): boolean {
     return this.blocked || this.inflight >= POOL_MAX;
@@ -275,13 +285,18 @@ export class StreamWriter extends BufferSink {
     this.setBuf(this.pool.pop() ?? Buffer.allocUnsafeSlow(size));
     this.pos = 0;
     this.writeCalls++;
-    // The stream calls back once it no longer needs the chunk: recycle it.
-    this.inflight++;
-    const ok = this.out.write(chunk, (err) => {
-      this.inflight--;
-      if (!err && full.length === size && this.pool.length < POOL_MAX) this.pool.push(full);
-      if (!this.needsDrain) this.wake();
-    });
+    let ok: boolean;
+    if (this.recycle) {
+      // The socket calls back once the kernel has the bytes: reuse the buffer.
+      this.inflight++;
+      ok = this.out.write(chunk, (err) => {
+        this.inflight--;
+        if (!err && full.length === size && this.pool.length < POOL_MAX) this.pool.push(full);
+        if (!this.needsDrain) this.wake();
+      });
+    } else {
+      ok = this.out.write(chunk);
+    }
     if (!ok) this.blocked = true;
   }
 

@@ -1,3 +1,4 @@
+import { createServer, connect, type Socket } from 'node:net';
 import { PassThrough, Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { ProtocolError, TruncatedError } from '../../src/errors.js';
@@ -253,5 +254,59 @@ describe('StreamReader with a PACKAGED-sized length', () => {
     const r = new StreamReader(chunksOf(Uint8Array.from([0, 0, 0]), () => 2));
     const sub = r.subReader(10);
     await expect(sub.decode((c) => c.be32('word'))).rejects.toMatchObject({ code: 'TRUNCATED', offset: 3 });
+  });
+});
+
+describe('StreamWriter buffer reuse', () => {
+  const pages = (n: number): Uint8Array[] =>
+    Array.from({ length: n }, (_, i) => Uint8Array.from({ length: 4096 }, (_, j) => (i * 31 + j) & 0xff));
+
+  it('does not reuse buffers on a PassThrough whose reader keeps the chunks', async () => {
+    const pt = new PassThrough({ highWaterMark: 64 << 20 });
+    const sw = new StreamWriter(pt, { batchSize: 16384 });
+    const ps = pages(300);
+    for (let i = 0; i < ps.length; i++) {
+      sw.bytes(ps[i]!);
+      // Let write callbacks run while the reader has not read anything yet.
+      if (i % 10 === 0) await new Promise((r) => setImmediate(r));
+    }
+    await sw.end();
+    const got: Buffer[] = [];
+    for await (const c of pt) got.push(c as Buffer);
+    expect(Buffer.concat(got).equals(Buffer.concat(ps))).toBe(true);
+  });
+
+  it('reuses buffers on a socket and delivers identical bytes with few writes', async () => {
+    const received: Buffer[] = [];
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    const server = createServer((s: Socket) => {
+      s.on('data', (d: Buffer) => received.push(d));
+      s.on('end', done);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const sock = connect(port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    const sw = new StreamWriter(sock, { batchSize: 64 * 1024 });
+    const ps = pages(2000);
+    let waits = 0;
+    for (const p of ps) {
+      sw.be64(0x1008);
+      sw.bytes(p);
+      const d = sw.drain();
+      if (d) {
+        waits++;
+        await d;
+      }
+    }
+    await sw.end();
+    await finished;
+    server.close();
+    const expected = Buffer.concat(ps.flatMap((p) => [Buffer.from([0, 0, 0, 0, 0, 0, 0x10, 0x08]), p]));
+    expect(Buffer.concat(received).equals(expected)).toBe(true);
+    expect(sw.writeCalls).toBeLessThanOrEqual(Math.ceil(expected.length / 65536) + 1);
+    expect(sw.transferred).toBe(expected.length);
+    expect(waits).toBeGreaterThan(0); // at most 4 batches in flight
   });
 });
