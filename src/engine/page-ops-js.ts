@@ -19,15 +19,11 @@ function putUleb(out: Uint8Array, d: number, v: number): number {
   return d + 2;
 }
 
-/** isZeroPage in plain JS (word compare). */
+const ZERO_PAGE = Buffer.alloc(TP);
+
+/** isZeroPage in plain JS: memcmp against a zero page (Buffer.compare). */
 export function isZeroPageJs(page: Uint8Array, off: number): boolean {
-  if (((page.byteOffset + off) & 3) === 0) {
-    const w = new Uint32Array(page.buffer, page.byteOffset + off, TP / 4);
-    for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
-    return true;
-  }
-  for (let i = 0; i < TP; i++) if (page[off + i] !== 0) return false;
-  return true;
+  return Buffer.compare(ZERO_PAGE, page.subarray(off, off + TP)) === 0;
 }
 
 /** XBZRLE encode (SPEC §4.1), output limited to `out.length` (normally 4096). */
