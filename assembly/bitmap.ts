@@ -285,15 +285,21 @@ export function bitmapCollect(bm: usize, nbits: i32, from: i32, out: usize, max:
     word &= word - 1;
   }
   w++;
-  while (w + 4 <= fullWords && n + 256 <= max) {
-    const p = wordPtr(bm, w);
-    if (v128.any_true(v128.or(v128.load(p), v128.load(p, 16)))) {
-      const base = w << 6;
-      n += emitFlat(out + (<usize>n << 2), base, load<u64>(p));
-      n += emitFlat(out + (<usize>n << 2), base + 64, load<u64>(p, 8));
-      n += emitFlat(out + (<usize>n << 2), base + 128, load<u64>(p, 16));
-      n += emitFlat(out + (<usize>n << 2), base + 192, load<u64>(p, 24));
+  const lastGroup = fullWords - 4;
+  while (w <= lastGroup && n + 256 <= max) {
+    // tight skip of all-zero groups
+    let p = wordPtr(bm, w);
+    while (!v128.any_true(v128.or(v128.load(p), v128.load(p, 16)))) {
+      w += 4;
+      p += 32;
+      if (w > lastGroup) break;
     }
+    if (w > lastGroup) break;
+    const base = w << 6;
+    n += emitFlat(out + (<usize>n << 2), base, load<u64>(p));
+    n += emitFlat(out + (<usize>n << 2), base + 64, load<u64>(p, 8));
+    n += emitFlat(out + (<usize>n << 2), base + 128, load<u64>(p, 16));
+    n += emitFlat(out + (<usize>n << 2), base + 192, load<u64>(p, 24));
     w += 4;
   }
   // the rest, carefully
