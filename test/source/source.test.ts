@@ -129,6 +129,28 @@ describe('MigrationSource', () => {
     expect(seen).toBe(99);
     expect(g.throttleHistory.at(-1)).toBe(0); // released at the end
     expect(src.ramStats()['dirty-pages-rate']).toBeGreaterThan(0);
+
+    expect(Buffer.compare(dst.blocks[0]!.bytes, g.blocks[0]!.bytes)).toBe(0);
+  }, 20_000);
+
+  it('XBZRLE per-period rates (cache-miss-rate, encoding-rate) are computed at syncs ≥ 1 s apart', async () => {
+    const g = new TestGuest([{ idstr: 'ram', size: 1 * MiB }]);
+    fillRandom(g.blocks[0]!.bytes, 6);
+    const stop = startDirtier(g, { pagesPerTick: 60, intervalMs: 1, workingSet: 256 });
+    setTimeout(stop, 1300);
+    const dst = new MigrationDestination({ adopt: true });
+    const [a, b] = duplexPair();
+    const src = new MigrationSource(g, {
+      capabilities: { xbzrle: true },
+      parameters: { maxBandwidth: 2 * MiB, downtimeLimit: 1, xbzrleCacheSize: 2 * MiB },
+    });
+    const [s] = await Promise.all([src.migrate(a), dst.load(b)]);
+    stop();
+    expect(s).toBe('completed');
+    const x = src.xbzrleStats()!;
+    expect(x.pages).toBeGreaterThan(0);
+    expect(x['encoding-rate']).toBeGreaterThan(1); // one-byte deltas compress 4 KiB pages a lot
+    expect(src.queryMigrate()['xbzrle-cache']).toEqual(x);
     expect(Buffer.compare(dst.blocks[0]!.bytes, g.blocks[0]!.bytes)).toBe(0);
   }, 20_000);
 
