@@ -84,31 +84,32 @@ function serverListen(server: net.Server, opts: net.ListenOptions): Promise<void
   });
 }
 
-async function socketListener(uri: string, server: net.Server, kind: 'tcp' | 'unix', unixPath?: string): Promise<Listener> {
-  const queue = new Queue();
-  server.on('connection', (sock) => {
-    const desc = kind === 'tcp' ? `${sock.remoteAddress}:${sock.remotePort}` : kind === 'unix' ? unixPath! : uri;
-    queue.push(socketChannel(sock, kind, desc));
-  });
+function addressOf(server: net.Server): SocketAddress | undefined {
   const addr = server.address();
-  let socketAddress: SocketAddress[] | undefined;
   if (addr && typeof addr === 'object') {
-    socketAddress =
-      addr.family === 'IPv6'
-        ? [{ port: String(addr.port), ipv6: true, host: addr.address, type: 'inet' }]
-        : [{ port: String(addr.port), ipv4: true, host: addr.address, type: 'inet' }];
-  } else if (typeof addr === 'string') {
-    socketAddress = [{ path: addr, type: 'unix' }];
+    return addr.family === 'IPv6'
+      ? { port: String(addr.port), ipv6: true, host: addr.address, type: 'inet' }
+      : { port: String(addr.port), ipv4: true, host: addr.address, type: 'inet' };
+  }
+  return typeof addr === 'string' ? { path: addr, type: 'unix' } : undefined;
+}
+
+function socketListener(uri: string, servers: net.Server[], kind: 'tcp' | 'unix', unixPath?: string): Listener {
+  const queue = new Queue();
+  for (const server of servers) {
+    server.on('connection', (sock) => {
+      const desc = kind === 'tcp' ? `${sock.remoteAddress}:${sock.remotePort}` : unixPath!;
+      queue.push(socketChannel(sock, kind, desc));
+    });
   }
   return {
     uri,
-    socketAddress,
+    socketAddress: servers.map(addressOf).filter((a): a is SocketAddress => a !== undefined),
     accept: (signal) => queue.take(signal),
-    close: () =>
-      new Promise<void>((resolve) => {
-        queue.close(new TransportError('Listener closed'));
-        server.close(() => resolve());
-      }),
+    close: async () => {
+      queue.close(new TransportError('Listener closed'));
+      await Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    },
   };
 }
 
@@ -144,21 +145,29 @@ export async function listen(uri: string): Promise<Listener> {
   const u = parseMigrationUri(uri, 'incoming');
   switch (u.kind) {
     case 'tcp': {
-      let host = u.host || '0.0.0.0';
-      if (!net.isIP(host)) {
+      // An empty host listens on every address, like QEMU: one socket for
+      // "::" (IPv6 only) and one for "0.0.0.0", each reported (with port 0
+      // they get different ports, as in QEMU).
+      let hosts = u.host === '' ? ['::', '0.0.0.0'] : [u.host];
+      if (u.host !== '' && !net.isIP(u.host)) {
         try {
-          host = (await lookup(host)).address;
+          hosts = [(await lookup(u.host)).address];
         } catch (e) {
           throw new TransportError(`address resolution failed for ${u.host}:${u.port}: ${errnoText(e)}`, { cause: e });
         }
       }
-      const server = net.createServer({ noDelay: true });
+      const servers: net.Server[] = [];
       try {
-        await serverListen(server, { host, port: u.port, exclusive: true });
+        for (const host of hosts) {
+          const server = net.createServer({ noDelay: true });
+          await serverListen(server, { host, port: u.port, exclusive: true, ipv6Only: host === '::' });
+          servers.push(server);
+        }
       } catch (e) {
+        for (const server of servers) server.close();
         throw new TransportError(`Failed to find an available port: ${errnoText(e)}`, { cause: e });
       }
-      return socketListener(uri, server, 'tcp');
+      return socketListener(uri, servers, 'tcp');
     }
     case 'unix': {
       try {
@@ -174,7 +183,7 @@ export async function listen(uri: string): Promise<Listener> {
         const text = (e as { code?: string }).code === 'EACCES' && !existsSync(dirname(u.path)) ? 'No such file or directory' : errnoText(e);
         throw new TransportError(`Failed to bind socket to ${u.path}: ${text}`, { cause: e });
       }
-      return socketListener(uri, server, 'unix', u.path);
+      return socketListener(uri, [server], 'unix', u.path);
     }
     case 'fd': {
       // As in QEMU, the fd is an already connected stream, not a listening socket.

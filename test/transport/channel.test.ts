@@ -120,6 +120,23 @@ describe('tcp', () => {
     b.destroy();
     await l.close();
   });
+  it('empty host listens on :: and 0.0.0.0 like QEMU 7.2 (two entries, IPv6 first); localhost resolves', async () => {
+    const l = await listen('tcp::0');
+    expect(l.socketAddress!.map((a) => Object.entries(a).filter(([k]) => k !== 'port'))).toEqual([
+      [['ipv6', true], ['host', '::'], ['type', 'inet']],
+      [['ipv4', true], ['host', '0.0.0.0'], ['type', 'inet']],
+    ]);
+    const v4port = (l.socketAddress![1] as { port: string }).port;
+    const a = await connect(`tcp:127.0.0.1:${v4port}`);
+    const b = await l.accept();
+    await roundTrip(a, b);
+    a.destroy();
+    b.destroy();
+    await l.close();
+    const lh = await listen('tcp:localhost:0');
+    expect(lh.socketAddress).toHaveLength(1);
+    await lh.close();
+  });
   it('connection refused and bad host read like QEMU', async () => {
     const l = await listen('tcp:127.0.0.1:0');
     const port = (l.socketAddress![0] as { port: string }).port;
