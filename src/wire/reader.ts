@@ -17,7 +17,11 @@ export interface StreamReaderOptions {
   base?: number;
 }
 
-/** Reads a byte stream item by item; see the module comment. */
+/**
+ * Reads a byte stream item by item; see the module comment. Views returned by
+ * decoders point into the received chunks: the source must not reuse a chunk's
+ * memory after yielding it (Node sockets without `onread` never do).
+ */
 export class StreamReader {
   private chunks: Uint8Array[] = [];
   /** Read index inside chunks[0]. */
