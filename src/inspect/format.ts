@@ -50,6 +50,7 @@ function sectionLine(s: InspectSection): string {
 function fieldValue(f: DecodedField): string {
   if (f.value !== undefined) return ` = ${String(f.value)}`;
   if (f.values !== undefined) return ` = [${f.values.join(', ')}]`;
+  if (f.text !== undefined) return ` = "${f.text}"`;
   if (f.hex !== undefined) return ` = ${f.hex}`;
   if (f.elements !== undefined) return '';
   return ` (${f.size} bytes)`;

@@ -78,6 +78,8 @@ export interface DecodedField {
   values?: VmScalar[];
   /** Raw bytes (buffers and unknown types) up to {@link MAX_HEX_BYTES}, as hex. */
   hex?: string;
+  /** A buffer that holds NUL-padded printable ASCII (e.g. globalstate's runstate): the text. */
+  text?: string;
   /** Struct / tmp: one entry per element (one for a non-array). */
   elements?: DecodedStruct[];
 }
@@ -103,6 +105,21 @@ export interface DecodedDevice {
 
 /** Buffers longer than this are reported by size only. */
 export const MAX_HEX_BYTES = 64;
+
+/** Buffers up to this size are checked for NUL-padded text. */
+const MAX_TEXT_BYTES = 256;
+
+/** The text of a NUL-padded printable ASCII buffer, else undefined. */
+function asText(b: Uint8Array): string | undefined {
+  let n = 0;
+  while (n < b.length && b[n] !== 0) {
+    if (b[n]! < 0x20 || b[n]! > 0x7e) return undefined;
+    n++;
+  }
+  if (n === 0) return undefined;
+  for (let i = n; i < b.length; i++) if (b[i] !== 0) return undefined;
+  return Buffer.from(b.buffer, b.byteOffset, n).toString('latin1');
+}
 
 /** Deepest struct/subsection nesting we follow (QEMU's real maximum is far lower). */
 const MAX_DEPTH = 32;
@@ -277,9 +294,14 @@ function decodeField(c: ByteCursor, f: VmdescField, depth: number): DecodedField
     d.elements = [];
     for (let i = 0; i < n; i++) d.elements.push(decodeElement(c, f, f.size, depth).struct!);
   } else if (f.array_len === undefined) {
+    const at = c.pos;
     const e = decodeElement(c, f, f.size, depth);
     if (e.value !== undefined) d.value = e.value;
     if (e.hex !== undefined) d.hex = e.hex;
+    if (e.value === undefined && f.size <= MAX_TEXT_BYTES) {
+      const text = asText(c.buf.subarray(at, at + f.size));
+      if (text !== undefined) d.text = text;
+    }
   } else {
     const first = c.pos;
     const values: VmScalar[] = [];

@@ -134,6 +134,17 @@ describe('vmdesc', () => {
     expect(bytes[r.subsections[1]!.offset]).toBe(0x05);
   });
 
+  it('shows NUL-padded ASCII buffers as text (globalstate runstate)', () => {
+    const dev: VmdescDevice = { name: 'globalstate', instance_id: 0, vmsd_name: 'globalstate', version: 1,
+      fields: [{ name: 'size', type: 'uint32', size: 4 }, { name: 'runstate', type: 'buffer', size: 100 }, { name: 'junk', type: 'buffer', size: 4 }] };
+    const rs = new Array(100).fill(0);
+    Buffer.from('prelaunch').forEach((ch, i) => (rs[i] = ch));
+    const r = splitDeviceState(dev, new B().be32(10).raw(rs).raw([0x41, 0, 0x42, 0]).bytes);
+    expect(r.fields[1]).toMatchObject({ name: 'runstate', size: 100, text: 'prelaunch' });
+    expect(r.fields[2]!.text).toBeUndefined(); // a NUL inside: not text
+    expect(r.fields[2]!.hex).toBe('41004200');
+  });
+
   it('reports 64-bit values beyond 2^53 as decimal strings', () => {
     const dev: VmdescDevice = { name: 'x', instance_id: 0, vmsd_name: 'x', version: 1, fields: [{ name: 'v', type: 'uint64', size: 8 }] };
     const r = splitDeviceState(dev, new B().be64(0xfedcba9876543210n).bytes);

@@ -46,7 +46,8 @@ function checkLayout(r: InspectResult, fileSize: number): void {
 function runstate(r: InspectResult): string {
   const g = r.devices.find((d) => d.idstr === 'globalstate')!;
   expect(g.fields![0]).toMatchObject({ name: 'size', value: 'prelaunch'.length + 1 });
-  return g.fields![1]!.size === 100 ? 'prelaunch' : '?';
+  expect(g.fields![1]!.size).toBe(100);
+  return g.fields![1]!.text ?? '?';
 }
 
 function findFirmware(name: string): string | undefined {
