@@ -31,7 +31,6 @@ import {
   DEFAULT_PARAMETERS,
   MAX_WAIT_MS,
   PAGES_PER_TIME_CHECK,
-  RATE_PERIOD_MS,
   XFER_LIMIT_RATIO,
   type SourceCapabilities,
   type SourceParameters,
@@ -41,6 +40,7 @@ import { SourceReturnPath, type PageRequest } from './return-path.js';
 import type { MigrationStats, SourceMigrationInfo } from './stats.js';
 import { emptyMigrationStats, sourceMigrationInfo } from '../control/info.js';
 import { AutoConverge } from './throttle.js';
+import { SourceRates } from './rates.js';
 
 const TP = TARGET_PAGE_SIZE;
 /** Section id of "ram" (QEMU's, §11). Device sections are numbered after it. */
@@ -95,26 +95,11 @@ export class MigrationSource extends EventEmitter {
   private downtimeStart = 0;
   private totalTime = 0;
   private downtime = 0;
-  private expectedDowntime = 0;
-  private thresholdSize = 0;
-  private mbps = 0;
-  private pagesPerSecond = 0;
   private dirtySyncCount = 0;
-  private dirtyPagesRate = 0;
   private precopyBytes = 0;
   private postcopyRequests = 0;
   private downtimeBytes = 0;
-  // windows and periods
-  private iterStart = 0;
-  private iterBytes = 0;
-  private iterPages = 0;
-  private periodStart = 0;
-  private numDirtyPagesPeriod = 0;
-  private bytesXferPrev = 0;
-  private pageCountPrev = 0;
-  private xbzrleMissPrev = 0;
-  private xbzrlePagesPrev = 0;
-  private xbzrleBytesPrev = 0;
+  private readonly rates = new SourceRates();
 
   constructor(
     readonly guest: SourceGuest,
@@ -265,25 +250,22 @@ export class MigrationSource extends EventEmitter {
     // QEMU's ram_init_bitmaps: everything dirty, then the first sync.
     saver.setAllDirty();
     this.guest.startDirtyLog?.();
-    this.periodStart = now();
+    this.rates.start(now(), w.bytesWritten, 0, this.parameters.downtimeLimit);
     this.bitmapSync();
     await w.drain();
     this.checkRunning();
     this.setupTime = now() - this.startTime;
-    this.expectedDowntime = this.parameters.downtimeLimit;
     if (!this.statusPort.transition('setup', 'active')) this.checkRunning();
-    this.iterStart = now();
-    this.iterBytes = w.bytesWritten;
-    this.iterPages = this.totalPages();
+    this.rates.start(now(), w.bytesWritten, this.totalPages(), this.parameters.downtimeLimit);
 
     for (;;) {
       this.checkRunning();
       let pending = saver.dirtyPages * TP;
-      if (pending < this.thresholdSize) {
+      if (pending < this.rates.thresholdSize) {
         this.bitmapSync();
         pending = saver.dirtyPages * TP;
       }
-      if (pending === 0 || pending < this.thresholdSize) break;
+      if (pending === 0 || pending < this.rates.thresholdSize) break;
       await this.iterate();
       await this.rateLimit();
     }
@@ -327,13 +309,13 @@ export class MigrationSource extends EventEmitter {
   private rateLimited(): boolean {
     const max = this.parameters.maxBandwidth;
     if (max <= 0 || max >= Number.MAX_SAFE_INTEGER) return false;
-    return this.writer!.bytesWritten - this.iterBytes >= max / XFER_LIMIT_RATIO;
+    return this.writer!.bytesWritten - this.rates.iterBytes >= max / XFER_LIMIT_RATIO;
   }
 
   /** Sleeps out the window when its budget is spent, then updates the counters. */
   private async rateLimit(): Promise<void> {
     if (this.rateLimited()) {
-      const left = this.iterStart + BUFFER_DELAY_MS - now();
+      const left = this.rates.iterStart + BUFFER_DELAY_MS - now();
       if (left > 0) {
         await new Promise<void>((resolve) => {
           const t = setTimeout(done, left);
@@ -346,26 +328,9 @@ export class MigrationSource extends EventEmitter {
         this.wake = undefined;
       }
     }
-    if (now() >= this.iterStart + BUFFER_DELAY_MS) this.updateCounters();
-  }
-
-  /** QEMU's migration_update_counters: bandwidth, threshold, mbps, expected downtime. */
-  private updateCounters(): void {
-    const t = now();
-    const bytes = this.writer!.bytesWritten;
-    const transferred = bytes - this.iterBytes;
-    const spent = t - this.iterStart;
-    const bandwidth = transferred / spent; // bytes per ms
-    this.thresholdSize = bandwidth * this.parameters.downtimeLimit;
-    this.mbps = (transferred * 8) / (spent / 1000) / 1e6;
-    const pages = this.totalPages();
-    this.pagesPerSecond = (pages - this.iterPages) / (spent / 1000);
-    if (this.dirtyPagesRate && transferred > 10000 && bandwidth > 0) {
-      this.expectedDowntime = Math.round((this.saver!.dirtyPages * TP) / bandwidth);
+    if (now() >= this.rates.iterStart + BUFFER_DELAY_MS) {
+      this.rates.updateCounters(now(), this.writer!.bytesWritten, this.totalPages(), this.saver!.dirtyPages, this.parameters.downtimeLimit);
     }
-    this.iterStart = t;
-    this.iterBytes = bytes;
-    this.iterPages = pages;
   }
 
   /** QEMU's migration_bitmap_sync: collect dirty bits, pass count, rates once per second. */
@@ -374,37 +339,11 @@ export class MigrationSource extends EventEmitter {
     let newly = 0;
     for (let i = 0; i < saver.bitmaps.length; i++) newly += this.guest.syncDirty(i, saver.bitmaps[i]!);
     saver.recount();
-    this.numDirtyPagesPeriod += newly;
     this.dirtySyncCount++;
     saver.generation = this.dirtySyncCount;
-    const t = now();
-    if (t > this.periodStart + RATE_PERIOD_MS) {
-      const bytes = this.writer!.bytesWritten;
-      if (this.capabilities.autoConverge) {
-        this.throttle.onPeriod(bytes - this.bytesXferPrev, this.numDirtyPagesPeriod * TP);
-      }
-      this.dirtyPagesRate = Math.floor((this.numDirtyPagesPeriod * 1000) / (t - this.periodStart));
-      this.updateXbzrleRates();
-      this.periodStart = t;
-      this.numDirtyPagesPeriod = 0;
-      this.bytesXferPrev = bytes;
-    }
+    const period = this.rates.onSync(now(), newly, this.writer!.bytesWritten, saver, this.capabilities.xbzrle);
+    if (period && this.capabilities.autoConverge) this.throttle.onPeriod(period.xfer, period.dirty);
     if (this.capabilities.events) this.emit('MIGRATION_PASS', { pass: this.dirtySyncCount });
-  }
-
-  private updateXbzrleRates(): void {
-    const saver = this.saver!;
-    const pageCount = saver.counters.targetPageCount - this.pageCountPrev;
-    if (!this.capabilities.xbzrle || pageCount === 0) return;
-    this.pageCountPrev = saver.counters.targetPageCount;
-    const x = saver.xbzrle;
-    x.cacheMissRate = (x.cacheMiss - this.xbzrleMissPrev) / pageCount;
-    this.xbzrleMissPrev = x.cacheMiss;
-    const unencoded = (x.pages - this.xbzrlePagesPrev) * TP;
-    const encoded = x.bytes - this.xbzrleBytesPrev;
-    x.encodingRate = x.pages === this.xbzrlePagesPrev || encoded === 0 ? 0 : unencoded / encoded;
-    this.xbzrlePagesPrev = x.pages;
-    this.xbzrleBytesPrev = x.bytes;
   }
 
   /** Stop the guest, last pass (END), devices (FULL), EOF, vmdesc, wait for SHUT. */
@@ -464,7 +403,7 @@ export class MigrationSource extends EventEmitter {
     this.totalTime = end - this.startTime;
     this.downtime = end - this.downtimeStart;
     const transferTime = this.totalTime - this.setupTime;
-    if (transferTime > 0) this.mbps = (w.bytesWritten * 8) / transferTime / 1000;
+    if (transferTime > 0) this.rates.mbps = (w.bytesWritten * 8) / transferTime / 1000;
     this.statusPort.transition(this.capabilities.pauseBeforeSwitchover ? 'device' : 'active', 'completed');
     const ch = this.channel as Duplex;
     ch.end();
@@ -480,7 +419,7 @@ export class MigrationSource extends EventEmitter {
       status,
       totalTime: ms(done ? this.totalTime : now() - this.startTime),
       setupTime: ms(this.setupTime),
-      expectedDowntime: ms(this.expectedDowntime),
+      expectedDowntime: ms(this.rates.expectedDowntime),
       downtime: ms(this.downtime),
       ram: this.saver ? this.ramStats() : undefined,
       xbzrle: this.capabilities.xbzrle && this.saver ? this.saver.xbzrleStats() : undefined,
@@ -504,14 +443,14 @@ export class MigrationSource extends EventEmitter {
       total: this.guest.blocks.reduce((a, b) => a + b.usedLength, 0),
       'postcopy-requests': this.postcopyRequests,
       'dirty-sync-count': this.dirtySyncCount,
-      'pages-per-second': Math.round(this.pagesPerSecond),
+      'pages-per-second': Math.round(this.rates.pagesPerSecond),
       'downtime-bytes': stopped ? (this.status === 'completed' ? this.downtimeBytes : transferred - this.precopyBytes) : 0,
       remaining: (s?.dirtyPages ?? 0) * TP,
-      mbps: this.mbps,
+      mbps: this.rates.mbps,
       transferred,
       'precopy-bytes': stopped ? this.precopyBytes : transferred,
       duplicate: s?.counters.duplicate ?? 0,
-      'dirty-pages-rate': this.dirtyPagesRate,
+      'dirty-pages-rate': this.rates.dirtyPagesRate,
       'normal-bytes': normal * TP,
       normal,
     });
