@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
+import { QmpClient } from '../../../src/control/qmp-client.js';
+import { QmpError } from '../../../src/errors.js';
 import { captureStream, hasQemu, qemuSkipReason, startQemu, waitForStatus, type QemuProcess } from './index.js';
 
 const started: QemuProcess[] = [];
@@ -38,6 +40,38 @@ describe.skipIf(!hasQemu)(`interop harness against real QEMU ${qemuSkipReason}`,
     const t0 = Date.now();
     await expect(waitForStatus(vm.qmp, 'completed', 20_000)).rejects.toThrow(/migration failed: .*refused/i);
     expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
+  it('QmpClient on real QEMU: MIGRATION events in order, waitEvent, error classes, exec-oob', async () => {
+    const vm = await startQemu({ machine: 'none', memory: '2M' });
+    started.push(vm);
+    const qmp = vm.qmp;
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    const seen: string[] = [];
+    const iter = (async () => {
+      for await (const e of qmp.events()) {
+        if (e.event !== 'MIGRATION') continue;
+        seen.push(String(e.data['status']));
+        if (e.data['status'] === 'completed') break;
+      }
+    })();
+    const done = qmp.waitEvent('MIGRATION', (e) => e.data['status'] === 'completed', 20_000);
+    const file = `${vm.dir}/ev.bin`;
+    await qmp.execute('migrate', { uri: `exec:cat > ${file}` });
+    const ev = await done;
+    expect(ev.timestamp.seconds).toBeGreaterThan(0);
+    await iter;
+    expect(seen).toEqual(['setup', 'active', 'completed']);
+    const err = await qmp.execute('no-such-command').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(QmpError);
+    expect((err as QmpError).klass).toBe('CommandNotFound');
+    expect((err as QmpError).message).toBe('The command no-such-command has not been found');
+    // SPEC §8.1 wording, through exec-oob on a fresh OOB-enabled session.
+    await qmp.close();
+    const oob = await QmpClient.connect(vm.qmpPath, { enable: ['oob'] });
+    const e2 = await oob.execute('migrate-pause', undefined, { oob: true }).catch((e: unknown) => e);
+    expect((e2 as QmpError).message).toBe('migrate-pause is currently only supported during postcopy-active state');
+    await oob.close();
   });
 
   it('reports a QEMU that fails to start, with its stderr', async () => {
