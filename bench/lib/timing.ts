@@ -11,7 +11,7 @@ function timeLoop(fn: (i: number) => unknown, n: number): number {
  * Nanoseconds per call of fn: calibrates the iteration count to ~targetMs,
  * then takes the best of `reps` runs (the machine is shared and noisy).
  */
-export function nsPerOp(fn: (i: number) => unknown, targetMs = 60, reps = 5): number {
+export function nsPerOp(fn: (i: number) => unknown, targetMs = 60, reps = 11): number {
   let n = 1;
   for (;;) {
     const t = timeLoop(fn, n);
