@@ -62,7 +62,10 @@ export function parseQmpJson(text: string): QmpValue {
       }
       for (;;) {
         ws();
-        if (text[i] !== '"' && text[i] !== "'") fail('key is not a string in object');
+        if (text[i] !== '"' && text[i] !== "'") {
+          value(depth + 1); // its own error first ("expecting value", "invalid keyword ..."), as in QEMU
+          fail('key is not a string in object');
+        }
         const key = str();
         ws();
         if (text[i] !== ':') fail('missing : in object pair');
@@ -191,7 +194,8 @@ function escapeString(s: string): string {
 
 /** Format a double like C's "%.17g" (what QEMU uses for QNUM_DOUBLE). */
 export function formatDouble(v: number): string {
-  if (!Number.isFinite(v)) return 'null';
+  if (Number.isNaN(v)) return 'nan'; // what QEMU prints (not JSON, but exactly QEMU)
+  if (!Number.isFinite(v)) return v > 0 ? 'inf' : '-inf';
   if (v === 0) return Object.is(v, -0) ? '-0' : '0';
   const exp = Math.floor(Math.log10(Math.abs(v)));
   if (exp < -4 || exp >= 17) {
