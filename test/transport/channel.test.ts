@@ -137,6 +137,19 @@ describe('tcp', () => {
     expect(lh.socketAddress).toHaveLength(1);
     await lh.close();
   });
+  it('close() flushes everything before the peer sees EOF', async () => {
+    const l = await listen('tcp:127.0.0.1:0');
+    const port = (l.socketAddress![0] as { port: string }).port;
+    const [a, b] = await Promise.all([connect(`tcp:127.0.0.1:${port}`), l.accept()]);
+    const got = readAll(b);
+    a.write(Buffer.alloc(4 << 20, 1));
+    await a.close();
+    const r = await got;
+    expect(r.end).toBe('eof');
+    expect(r.data.length).toBe(4 << 20);
+    expect(a.destroyed).toBe(true);
+    await l.close();
+  });
   it('connection refused and bad host read like QEMU', async () => {
     const l = await listen('tcp:127.0.0.1:0');
     const port = (l.socketAddress![0] as { port: string }).port;
