@@ -29,6 +29,7 @@ import { jsPageOps } from '../engine/page-ops-js.js';
 import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
 import type { Hotpath } from '../hotpath/index.js';
 import { PageBitmap } from '../memory/index.js';
+import { loadConfiguration, parseGlobalState } from './config.js';
 import { findTail, splitSections, type ReceivedSection } from './device-split.js';
 import { plainBlockAllocator, RamLoader, type BlockAllocator } from './ram-loader.js';
 
@@ -178,7 +179,7 @@ export class MigrationDestination extends EventEmitter {
     const version = r.be32();
     if (version === QEMU_VM_FILE_VERSION_COMPAT) throw new ProtocolError('stream header', "SaveVM v2 format is obsolete and don't work anymore", 4);
     if (version !== QEMU_VM_FILE_VERSION) throw new ProtocolError('stream header', 'Unsupported migration stream version', 4);
-    await this.loadConfiguration(r);
+    await loadConfiguration(r, this.opts.machineName ?? 'none', this.warnings);
     const sections = new Map<number, string>();
     for (;;) {
       await r.need(1, 'section type');
@@ -235,50 +236,6 @@ export class MigrationDestination extends EventEmitter {
           return;
         default:
           throw new ProtocolError('section', `Unknown savevm section type ${type}`, at);
-      }
-    }
-  }
-
-  private async loadConfiguration(r: ChannelReader): Promise<void> {
-    await r.need(1, 'configuration');
-    if (r.peek() !== SectionType.CONFIGURATION) throw new ProtocolError('configuration', 'Configuration section missing', r.offset);
-    r.u8();
-    await r.need(4, 'machine name length');
-    const at = r.offset;
-    const len = r.be32();
-    await r.need(len, 'machine name');
-    const name = Buffer.from(r.take(len)).toString('latin1');
-    const local = this.opts.machineName ?? 'none';
-    // QEMU compares only the first `len` bytes (strncmp).
-    if (Buffer.from(local, 'latin1').subarray(0, len).toString('latin1') !== name || (len > local.length)) {
-      throw new ProtocolError('configuration', `Machine type received is '${name}' and local is '${local}'`, at);
-    }
-    for (;;) {
-      await r.need(1, 'section type');
-      if (r.peek() !== SectionType.SUBSECTION) return;
-      const sat = r.offset;
-      r.u8();
-      const sub = await r.cstr8('subsection name');
-      await r.need(4, 'subsection version');
-      r.be32();
-      if (sub === 'configuration/capabilities') {
-        await r.need(4, 'capability count');
-        const n = r.be32();
-        for (let i = 0; i < n; i++) {
-          const cap = await r.cstr8('capability');
-          if (cap !== 'x-ignore-shared') throw new ProtocolError('configuration', `Unknown capability in migration stream: ${cap}`, sat);
-          throw new ProtocolError('configuration', `Capability '${cap}' is on in the source but off here`, sat);
-        }
-      } else if (sub === 'configuration/uuid') {
-        await r.need(16, 'uuid');
-        r.take(16);
-        this.warnings.push('UUID of the source ignored: no local -uuid');
-      } else if (sub === 'configuration/target-page-bits') {
-        await r.need(4, 'target page bits');
-        const bits = r.be32();
-        if (bits !== 12) throw new ProtocolError('configuration', `Received TARGET_PAGE_BITS is ${bits} but local is 12`, sat);
-      } else {
-        throw new ProtocolError('configuration', `Unknown subsection '${sub}'`, sat);
       }
     }
   }
@@ -430,20 +387,4 @@ function sectionHeaderBytes(id: number, idstr: string, instanceId: number, versi
   return b;
 }
 
-/** globalstate payload: be32 size, then 100 bytes of NUL-padded run state. */
-export function parseGlobalState(p: Uint8Array): string {
-  const size = ((p[0]! << 24) | (p[1]! << 16) | (p[2]! << 8) | p[3]!) >>> 0;
-  const body = p.subarray(4, 4 + GLOBALSTATE_RUNSTATE_LEN);
-  let end = body.indexOf(0);
-  if (end < 0) end = Math.min(body.length, Math.max(0, size - 1));
-  return Buffer.from(body.subarray(0, end)).toString('latin1');
-}
-
-/** Encodes a globalstate payload for `runState` (for sources and tests). */
-export function encodeGlobalState(runState: string): Uint8Array {
-  const out = new Uint8Array(4 + GLOBALSTATE_RUNSTATE_LEN);
-  const name = Buffer.from(runState, 'latin1');
-  new DataView(out.buffer).setUint32(0, name.length + 1);
-  out.set(name.subarray(0, GLOBALSTATE_RUNSTATE_LEN - 1), 4);
-  return out;
-}
+export { encodeGlobalState, parseGlobalState } from './config.js';
