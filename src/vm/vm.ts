@@ -13,6 +13,7 @@ import type { PageOps } from '../engine/ports.js';
 import { EventBus } from '../control/events.js';
 import { MigrationConfig, registerConfigCommands } from '../control/config-commands.js';
 import { QmpServer } from '../control/qmp-server.js';
+import { checkCapabilities, visitCapabilities } from '../control/capabilities.js';
 import { StatusMachine, isActiveStatus } from '../control/status.js';
 import { MIGRATE_ERRORS, visitContinueArgs, visitMigrateArgs, visitNoArgs, visitUriArgs } from '../control/migrate-args.js';
 import { QmpError } from '../errors.js';
@@ -86,6 +87,15 @@ export class SimVm {
     };
     this.qmp = new QmpServer({ bus: this.bus });
     registerConfigCommands(this.qmp, this.config);
+    // QEMU's own refusals (in progress, then the cross-checks) come before "not supported by this implementation".
+    this.qmp.register('migrate-set-capabilities', (args) => {
+      const changes = visitCapabilities(args.capabilities);
+      if (this.migrationActive()) throw new QmpError(MIGRATE_ERRORS.inProgress);
+      const next = { ...this.config.capabilities };
+      for (const [name, state] of changes) next[name] = state;
+      checkCapabilities(next, this.config.capabilities, { incoming: this.runState === 'inmigrate' });
+      this.config.setCapabilities(args);
+    });
     this.registerCommands();
     if (opts.incoming !== undefined) this.incoming = new Incoming(this, opts.incoming);
     if (this.memory) this.startWorkload();
