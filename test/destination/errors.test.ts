@@ -58,6 +58,16 @@ async function run(bytes: Uint8Array, opts: ConstructorParameters<typeof Migrati
 
 const eof = (w: W): void => w.u8(SectionType.EOF);
 
+/** header + configuration with one subsection (name, version, fields written by `sub`), then EOF. */
+function withConfigSub(sub: (w: W) => void): Uint8Array {
+  const w = new ByteWriter();
+  writeHeader(w, 'none');
+  w.u8(SectionType.SUBSECTION);
+  sub(w);
+  w.u8(SectionType.EOF);
+  return w.toBytes();
+}
+
 describe('destination error paths (QEMU wording)', () => {
   it('accepts a minimal well-formed stream (control)', async () => {
     const r = await run(stream((w) => (part(w, (w) => (writePageHeader(w, 0, RamFlag.ZERO, 'ram'), w.u8(0xab))), eof(w))));
@@ -135,6 +145,13 @@ describe('destination error paths (QEMU wording)', () => {
     ['PING without RP', stream((w) => writePing(w, 1)), 'CMD_PING received with no return path'],
     ['16-byte advise', stream((w) => writeCommand(w, MigCmd.POSTCOPY_ADVISE, new Uint8Array(16))), 'RAM postcopy is disabled but have 16 byte advise'],
     ['0-byte advise', stream((w) => writeCommand(w, MigCmd.POSTCOPY_ADVISE)), 'RAM postcopy is enabled but have 0 byte advise', { postcopyRam: true }],
+    ['unknown capability', withConfigSub((w) => (w.cstr8('configuration/capabilities'), w.be32(1), w.be32(1), w.cstr8('x-foo'))), 'Received unknown capability x-foo'],
+    [
+      'x-ignore-shared on the source',
+      withConfigSub((w) => (w.cstr8('configuration/capabilities'), w.be32(1), w.be32(1), w.cstr8('x-ignore-shared'))),
+      'Capability x-ignore-shared is off, but received capability is on',
+    ],
+    ['target page bits', withConfigSub((w) => (w.cstr8('configuration/target-page-bits'), w.be32(1), w.be32(13))), 'Received TARGET_PAGE_BITS is 13 but local is 12'],
     ['truncated', stream((w) => (writeSectionPart(w, SectionType.PART, 2), w.be32(0))), 'ram record: stream ended, 4 more byte(s) needed'],
   ];
   for (const [name, bytes, message, opts] of cases) {
@@ -152,6 +169,12 @@ describe('destination error paths (QEMU wording)', () => {
     const bad = await run(stream((w) => (writeCommand(w, MigCmd.OPEN_RETURN_PATH), w.u8(0x42))));
     expect(bad.status).toBe('failed');
     expect([...bad.back]).toEqual([0, 1, 0, 4, 0, 0, 0, 1]);
+  });
+
+  it('accepts a configuration/uuid subsection with a warning (no local -uuid)', async () => {
+    const r = await run(withConfigSub((w) => (w.cstr8('configuration/uuid'), w.be32(1), w.bytes(new Uint8Array(16).fill(7)))));
+    expect(r.status).toBe('completed');
+    expect(r.dst.warnings[0]).toMatch(/UUID/);
   });
 
   it('accepts a 0-byte advise without postcopy-ram and a name prefix (QEMU strncmp)', async () => {
