@@ -13,6 +13,7 @@ import { RAM_SECTION_IDSTR, RAM_SECTION_VERSION, SectionType, TARGET_PAGE_SIZE }
 import type { ByteCursor } from '../wire/cursor.js';
 import { type RamRecord, RamRecordDecoder, checkRamOffset } from '../wire/ram.js';
 import { StreamReader } from '../wire/reader.js';
+import { parseVmdesc } from '../wire/vmdesc.js';
 import { decodeFooter, decodeSection, decodeStreamStart } from '../wire/stream.js';
 import { commandRecord } from './commands.js';
 import { parseDeviceItems, parseDeviceTail } from './devices.js';
@@ -219,7 +220,7 @@ export async function inspectStream(source: AsyncIterable<Uint8Array>, opts: Ins
       result.sections.push({ offset: at, length: 1, kind: 'eof' });
       result.eof = true;
       result.deviceRegion = { start: at, end: at };
-      await afterEof(reader, result);
+      await afterEof(reader, result, maxDevice);
       break;
     }
     if (s.kind === 'command') {
@@ -282,7 +283,7 @@ export async function inspectStream(source: AsyncIterable<Uint8Array>, opts: Ins
 }
 
 /** After a top-level EOF: an optional VMDESCRIPTION, nothing else. */
-async function afterEof(reader: StreamReader, result: InspectResult): Promise<void> {
+async function afterEof(reader: StreamReader, result: InspectResult, maxLen: number): Promise<void> {
   if (await reader.atEnd()) {
     if (result.packaged.length === 0) result.warnings.push('Expected vmdescription section, but got 0 (no VMDESCRIPTION after EOF)');
     return;
@@ -293,17 +294,12 @@ async function afterEof(reader: StreamReader, result: InspectResult): Promise<vo
     result.warnings.push(`Expected vmdescription section, but got ${t}; bytes after EOF ignored`);
     return;
   }
-  const s = await reader.decode(decodeSection);
-  if (s.kind === 'vmdesc') {
-    result.vmdesc = { offset: at, length: reader.offset - at, devices: 0 };
-    result.sections.push({ offset: at, length: reader.offset - at, kind: 'vmdesc' });
-    try {
-      const v = JSON.parse(s.json) as { devices?: unknown[] };
-      result.vmdesc.devices = Array.isArray(v.devices) ? v.devices.length : 0;
-    } catch {
-      throw new ProtocolError('vmdesc', 'invalid JSON', at + 5);
-    }
-  }
+  const len = await reader.decode((c) => (c.u8(), c.be32('vmdesc length')));
+  if (len > maxLen) throw new ProtocolError('vmdesc', `VMDESCRIPTION of ${len} bytes exceeds the inspect limit of ${maxLen}`, at + 1);
+  const json = Buffer.from(await reader.read(len, 'vmdesc')).toString('utf8');
+  const desc = parseVmdesc(json, at + 5);
+  result.vmdesc = { offset: at, length: reader.offset - at, devices: desc.devices.length };
+  result.sections.push({ offset: at, length: reader.offset - at, kind: 'vmdesc' });
   if (!(await reader.atEnd())) result.warnings.push('bytes after the VMDESCRIPTION ignored');
 }
 

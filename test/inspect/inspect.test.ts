@@ -163,6 +163,31 @@ describe('inspectStream on synthetic streams', () => {
     expect(img.allocatedBytes).toBe(64 << 10);
   });
 
+  it('a stream with no device sections: EOF then the VMDESCRIPTION (bounded length)', async () => {
+    const s = precopyStream().bytes;
+    const endAt = Buffer.from(s).indexOf(0x04, Buffer.from(s).lastIndexOf(Buffer.from('\x7e\x00\x00\x00\x02')));
+    const head = s.subarray(0, endAt); // everything up to the first FULL section
+    const json = Buffer.from('{"page_size": 4096, "devices": []}');
+    const ok = new ByteWriter();
+    ok.bytes(head);
+    ok.u8(0x00);
+    ok.u8(0x06);
+    ok.be32(json.length);
+    ok.bytes(json);
+    const r = await inspectStream(chunks(ok.toBytes(), 7));
+    expect(r.devices).toEqual([]);
+    expect(r.eof).toBe(true);
+    expect(r.vmdesc).toEqual({ offset: endAt + 1, length: 5 + json.length, devices: 0 });
+    const big = new ByteWriter();
+    big.bytes(head);
+    big.u8(0x00);
+    big.u8(0x06);
+    big.be32(0xffffffff);
+    const e = await fails(big.toBytes());
+    expect(e.message).toMatch(/VMDESCRIPTION of 4294967295 bytes exceeds the inspect limit/);
+    expect(e.offset).toBe(endAt + 2);
+  });
+
   it('a RamImage hashes unsent pages as zeros', () => {
     const img = new RamImage('r', 3 * PAGE);
     img.write(PAGE, pattern(5));
