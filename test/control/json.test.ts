@@ -55,4 +55,13 @@ describe('JsonSplitter', () => {
     expect(s.push('{"s":"}{"}')).toEqual(['{"s":"}{"}']);
     expect(s.push(' }')).toEqual(['}']);
   });
+  it('drops an endless text instead of growing without bound', () => {
+    expect(JsonSplitter.MAX_TEXT).toBe(64 << 20);
+    const s = new JsonSplitter(1000);
+    const big = '{"a":"' + 'x'.repeat(1000);
+    const out = s.push(big);
+    expect(out).toHaveLength(1);
+    expect(() => parseQmpJson(out[0]!)).toThrow(/JSON parse error/);
+    expect(s.push('{"b":1}')).toEqual(['{"b":1}']);
+  });
 });
