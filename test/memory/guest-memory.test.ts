@@ -144,3 +144,43 @@ describe('DirtyLog', () => {
     expect(gm.dirtyLog.logOf('pc.bios').count()).toBe(0);
   });
 });
+
+describe('DirtyLog under concurrency', () => {
+  it('no mark is lost while the main thread syncs as a worker marks (fetch-and-clear is atomic)', async () => {
+    const pages = 1 << 17; // a 512 MiB block (never touched: only its dirty log is used)
+    const hp = Hotpath.create({ initialBytes: 2 << 20 });
+    const gm = GuestMemory.create(hp, [{ idstr: 'big', usedLength: pages * 4096 }]);
+    const block = gm.block('big');
+    const bm = gm.newBitmap(block);
+    const desc = gm.describe();
+    const worker = new Worker(join(fileURLToPath(new URL('.', import.meta.url)), 'race-worker.mjs'), {
+      workerData: { memory: desc.memory, logOffset: desc.blocks[0]!.dirtyLog, pages, seed: 77 },
+    });
+    let done = false;
+    const finished = new Promise<void>((resolve, reject) => {
+      worker.once('message', () => {
+        done = true;
+        resolve();
+      });
+      worker.once('error', reject);
+    });
+    let total = 0;
+    let syncs = 0;
+    let midway = 0; // syncs that found something while the worker was still marking
+    while (!done) {
+      const n = gm.dirtyLog.syncInto(bm, block);
+      total += n;
+      syncs++;
+      if (n > 0 && n < pages) midway++;
+      await new Promise((r) => setImmediate(r));
+    }
+    await finished;
+    total += gm.dirtyLog.syncInto(bm, block);
+    await worker.terminate();
+    expect(total).toBe(pages); // every page counted exactly once as newly dirty
+    expect(bm.count()).toBe(pages);
+    expect(gm.dirtyLog.logOf(block).count()).toBe(0);
+    expect(syncs).toBeGreaterThan(0);
+    console.log(`concurrent sync: ${syncs} syncs, ${midway} found pages while the worker was marking`);
+  });
+});
