@@ -147,14 +147,21 @@ export class Incoming {
       pageOps: vm.pageOps,
       status: this.status,
     }));
+    // QEMU starts the VM (RESUME) before it reports `completed`: act on the engine's 'runstate'
+    // event, which comes after the load and before the status change.
+    dest.once('runstate', () => this.finishLoad(dest, adopt, machineName));
     const status = await dest.load(ch);
     void l.close();
     if (status !== 'completed') {
       const why = dest.queryMigrate()['error-desc'] ?? 'unknown error';
       process.stderr.write(`postcopy vm: ${why}\npostcopy vm: load of migration failed: Invalid argument\n`);
       await vm.shutdown(1);
-      return;
     }
+  }
+
+  /** After a successful load: adopt RAM and devices, write --mem-path, apply the run state. */
+  private finishLoad(dest: MigrationDestination, adopt: boolean, machineName: string): void {
+    const vm = this.vm;
     if (adopt) {
       vm.adoptMemory(dest.blocks);
       vm.machineName = machineName;

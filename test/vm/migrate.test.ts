@@ -72,7 +72,8 @@ describe('postcopy vm → postcopy vm', () => {
     expect(sev).toContain('STOP');
     expect(sev.filter((e) => e === 'MIGRATION_PASS').length).toBeGreaterThan(2);
     const dev = dst.events.map((e) => (e.event === 'MIGRATION' ? `M:${(e.data as { status: string }).status}` : e.event));
-    expect(dev).toEqual(['M:setup', 'M:active', 'M:completed', 'RESUME']);
+    // QEMU 7.2 starts the VM before it reports completed (checked against QEMU in test/interop/vm-drill.test.ts)
+    expect(dev).toEqual(['M:setup', 'M:active', 'RESUME', 'M:completed']);
   });
 
   it('--mem-path: the source starts from the file; the destination writes its RAM back; -S destination ends paused', async () => {
