@@ -22,8 +22,12 @@ async function sourceErrorFor(rp: Uint8Array, tag: string, expect_: string): Pro
   const migSock = join(dir, `${tag}.mig`);
   const server = createServer((s: Socket) => {
     s.on('error', () => undefined);
-    s.resume(); // drain the main stream
-    s.write(rp);
+    // Answer only once the RAM setup has been received: the source's RAM
+    // state exists from then on (page requests need it).
+    let seen = 0;
+    s.on('data', (d: Buffer) => {
+      if (seen < 96 && (seen += d.length) >= 96) s.write(rp);
+    });
   });
   await new Promise<void>((r) => server.listen(migSock, r));
   const proc = spawn(QEMU, [
@@ -41,9 +45,11 @@ async function sourceErrorFor(rp: Uint8Array, tag: string, expect_: string): Pro
     send('qmp_capabilities');
     send('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
     send('migrate', { uri: `unix:${migSock}` });
-    for (let i = 0; i < 200 && !stderr.includes(expect_); i++) await new Promise((r) => setTimeout(r, 25));
+    for (let i = 0; i < 400 && !stderr.includes(expect_) && proc.exitCode === null; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
     q.destroy();
-    return stderr;
+    return stderr + (proc.signalCode ? `\n[QEMU killed by ${proc.signalCode}]` : '');
   } finally {
     proc.kill();
     await exited;
