@@ -105,6 +105,7 @@ export class QmpClient extends EventEmitter {
 
   private constructor(sock: net.Socket, greeting: QmpGreeting, rest: string) {
     super();
+    this.setMaxListeners(0); // every waitEvent/events() adds listeners; many may wait at once
     this.sock = sock;
     this.greeting = greeting;
     this.closed = new Promise((r) => (this.resolveClosed = r));
