@@ -3,7 +3,7 @@
 // words (what a guest workload does), as fast as it can.
 import { parentPort, workerData } from 'node:worker_threads';
 
-const { memory, logOffset, pages, seed } = workerData;
+const { memory, logOffset, pages, seed, flagOffset } = workerData;
 const i32 = new Int32Array(memory.buffer);
 const order = new Uint32Array(pages);
 for (let i = 0; i < pages; i++) order[i] = i;
@@ -14,8 +14,13 @@ for (let i = pages - 1; i > 0; i--) {
   const t = order[i]; order[i] = order[j]; order[j] = t;
 }
 const base = logOffset >>> 2;
+const go = flagOffset >>> 2; // main sets 1 when it is syncing; we set done = 1 at the end
+while (Atomics.load(i32, go) !== 1) Atomics.wait(i32, go, 0, 10);
+let sink = 0;
 for (let i = 0; i < pages; i++) {
   const p = order[i];
   Atomics.or(i32, base + (p >>> 5), 1 << (p & 31));
+  if ((i & 255) === 0) for (let k = 0; k < 20000; k++) sink += k; // spread the marks over time
 }
-parentPort.postMessage({ marked: pages });
+Atomics.store(i32, go + 1, 1);
+parentPort.postMessage({ marked: pages, sink });
