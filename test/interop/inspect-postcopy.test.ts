@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { inspectStream } from '../../src/inspect/inspect.js';
 import type { InspectResult } from '../../src/inspect/types.js';
-import { hasQemu, qemuSkipReason, startQemu, waitForStatus, type QemuProcess } from './harness/index.js';
+import { captureStream, hasQemu, qemuSkipReason, startQemu, waitForStatus, type QemuProcess } from './harness/index.js';
 
 const vms: QemuProcess[] = [];
 let tee: net.Server | undefined;
@@ -40,34 +40,46 @@ async function startTee(target: number, file: string): Promise<{ port: number; d
   return { port: (server.address() as net.AddressInfo).port, done };
 }
 
+/** Options shared by source and destination. */
+type VmOpts = Parameters<typeof startQemu>[0];
+
+/**
+ * Migrate `opts` QEMU → tee → QEMU with postcopy-ram, switching to postcopy
+ * while precopy is throttled; returns the source and the recorded file.
+ */
+async function postcopyCapture(opts: VmOpts): Promise<{ src: QemuProcess; file: string }> {
+  const src = await startQemu({ ...opts, ramFill: 'random' });
+  vms.push(src);
+  const dst = await startQemu({ ...opts, incoming: 'defer' });
+  vms.push(dst);
+  const caps = { capabilities: [{ capability: 'postcopy-ram', state: true }, { capability: 'events', state: true }] };
+  await src.qmp.execute('migrate-set-capabilities', caps);
+  await dst.qmp.execute('migrate-set-capabilities', caps);
+  await dst.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+  const info = await dst.qmp.execute<{ 'socket-address': { port: string }[] }>('query-migrate');
+  const port = Number(info['socket-address'][0]!.port);
+  const file = path.join(src.dir, 'postcopy.bin');
+  const relay = await startTee(port, file);
+  // Slow precopy so that the switch happens with most pages still to send.
+  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 << 20 });
+  await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${relay.port}` });
+  await waitForStatus(src.qmp, 'active', 10_000);
+  await new Promise((res) => setTimeout(res, 300));
+  await src.qmp.execute('migrate-start-postcopy');
+  await waitForStatus(src.qmp, 'completed', 60_000);
+  await waitForStatus(dst.qmp, 'completed', 60_000);
+  await src.qmp.execute('quit').catch(() => {});
+  await relay.done;
+  return { src, file };
+}
+
 describe.skipIf(!hasQemu)(`inspect on a real QEMU postcopy stream ${qemuSkipReason}`, () => {
   let r: InspectResult;
   let src: QemuProcess;
   let file: string;
 
   beforeAll(async () => {
-    src = await startQemu({ machine: 'none', memory: '32M', ramFill: 'random' });
-    vms.push(src);
-    const dst = await startQemu({ machine: 'none', memory: '32M', incoming: 'defer' });
-    vms.push(dst);
-    const caps = { capabilities: [{ capability: 'postcopy-ram', state: true }, { capability: 'events', state: true }] };
-    await src.qmp.execute('migrate-set-capabilities', caps);
-    await dst.qmp.execute('migrate-set-capabilities', caps);
-    await dst.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
-    const info = await dst.qmp.execute<{ 'socket-address': { port: string }[] }>('query-migrate');
-    const port = Number(info['socket-address'][0]!.port);
-    file = path.join(src.dir, 'postcopy.bin');
-    const relay = await startTee(port, file);
-    // Slow precopy so that the switch happens with most pages still to send.
-    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 << 20 });
-    await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${relay.port}` });
-    await waitForStatus(src.qmp, 'active', 10_000);
-    await new Promise((res) => setTimeout(res, 300));
-    await src.qmp.execute('migrate-start-postcopy');
-    await waitForStatus(src.qmp, 'completed', 60_000);
-    await waitForStatus(dst.qmp, 'completed', 60_000);
-    await src.qmp.execute('quit').catch(() => {});
-    await relay.done;
+    ({ src, file } = await postcopyCapture({ machine: 'none', memory: '32M' }));
     r = await inspectStream(fs.createReadStream(file));
   }, 120_000);
 
@@ -104,4 +116,22 @@ describe.skipIf(!hasQemu)(`inspect on a real QEMU postcopy stream ${qemuSkipReas
     expect(r.totalBytes).toBe(fs.statSync(file).size);
     expect(r.warnings).toEqual([]);
   });
+});
+
+describe.skipIf(!hasQemu)(`inspect on a real QEMU -M pc postcopy package ${qemuSkipReason}`, () => {
+  it('splits the 34 packaged device sections by footer scan exactly as the vmdesc of a precopy capture does', async () => {
+    const opts: VmOpts = { machine: 'pc', memory: '128M', nodefaults: false, extraArgs: ['-serial', 'none'] };
+    const { file } = await postcopyCapture(opts);
+    const post = await inspectStream(fs.createReadStream(file));
+    expect(post.packaged).toHaveLength(1);
+    expect(post.devices.every((d) => d.packaged && d.split === 'footer-scan')).toBe(true);
+    // The same machine, precopy into a file: its vmdesc says how long each device is.
+    const vm = await startQemu(opts);
+    vms.push(vm);
+    const pre = await inspectStream(fs.createReadStream(await captureStream(vm.qmp, { dir: vm.dir })));
+    const key = (d: InspectResult['devices'][number]) => `${d.idstr}(${d.instanceId}) v${d.versionId}: ${d.size}`;
+    expect(post.devices.map(key)).toEqual(pre.devices.map(key));
+    expect(post.devices).toHaveLength(34);
+    expect(post.ramBlocks.map((b) => b.idstr)).toEqual(pre.ramBlocks.map((b) => b.idstr));
+  }, 180_000);
 });
