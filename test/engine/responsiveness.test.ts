@@ -19,7 +19,9 @@ it('keeps event-loop gaps short during an unthrottled 32 MiB migration over TCP'
   const src = new MigrationSource(g, { parameters: { maxBandwidth: 1e15, downtimeLimit: 1 } });
   let last = performance.now();
   let maxGap = 0;
+  let ticks = 0;
   const t = setInterval(() => {
+    ticks++;
     const n = performance.now();
     maxGap = Math.max(maxGap, n - last);
     last = n;
@@ -32,6 +34,8 @@ it('keeps event-loop gaps short during an unthrottled 32 MiB migration over TCP'
   expect([s, d]).toEqual(['completed', 'completed']);
   expect(Buffer.compare(dst.blocks[0]!.bytes, g.blocks[0]!.bytes)).toBe(0);
   console.log(`32 MiB (24 random) over TCP in ${ms.toFixed(0)} ms, ${((32 / ms) * 1000).toFixed(0)} MiB/s of guest RAM; max event-loop gap ${maxGap.toFixed(1)} ms`);
-  // shared 2-core machine: the bound is loose on purpose; typical gaps are 20-50 ms
-  expect(maxGap).toBeLessThan(150);
+  // Shared 2-core machine (QEMU interop tests may run alongside): the bounds
+  // are loose on purpose; alone, typical gaps are 20-50 ms.
+  expect(ticks).toBeGreaterThan(ms / 200);
+  expect(maxGap).toBeLessThan(500);
 });

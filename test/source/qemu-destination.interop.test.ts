@@ -46,10 +46,19 @@ describe.skipIf(!hasQemu)(`our source → QEMU destination ${qemuSkipReason}`, (
     const g = new TestGuest([{ idstr: 'ram', size: 16 << 20 }]);
     fillRandom(g.blocks[0]!.bytes.subarray(0, 6 << 20), 11);
     const stop = startDirtier(g, { pagesPerTick: 4, intervalMs: 1, workingSet: 256 });
-    setTimeout(stop, 1200);
     const src = new MigrationSource(g, {
-      capabilities: { returnPath: true, xbzrle: true },
+      capabilities: { returnPath: true, xbzrle: true, events: true },
       parameters: { maxBandwidth: 16 << 20, downtimeLimit: 5, xbzrleCacheSize: 1 << 20 },
+    });
+    // every pass also rewrites 64 pages until XBZRLE has had hits (deterministic on a loaded machine)
+    let passes = 0;
+    let dirtying = true;
+    src.on('MIGRATION_PASS', () => {
+      if (++passes >= 4 && src.xbzrleStats()!.pages > 0) {
+        dirtying = false;
+        stop();
+      }
+      if (dirtying && !g.stopped) for (let p = 0; p < 64; p++) g.write(0, p * 4096 + passes, Uint8Array.of(passes | 1));
     });
     const sock = await connect(port);
     const status = await src.migrate(sock, {
