@@ -195,6 +195,14 @@ export class SimVm {
       visitNoArgs(args);
       return ramDigest(this.memory);
     });
+    // Our extension: what the guest workload is doing (tests, demo).
+    q.register('x-query-workload', (args) => {
+      visitNoArgs(args);
+      const w = this.workload;
+      return w
+        ? { present: true, running: this.runState === 'running', visits: w.visits, 'cpu-throttle-percentage': w.throttle }
+        : { present: false, running: false, visits: 0, 'cpu-throttle-percentage': 0 };
+    });
     q.register('query-migrate', (args) => {
       visitNoArgs(args);
       if (this.incoming && (this.incoming.started || !this.outgoing)) return this.incoming.queryMigrate();
