@@ -30,6 +30,8 @@ export interface QmpObject {
 export class JsonParseError extends Error {}
 
 const INT64_MIN = -(2n ** 63n);
+const KEYWORD = /[A-Za-z_][A-Za-z0-9_]*/y;
+const NUMBER = /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
 const UINT64_MAX = 2n ** 64n - 1n;
 
 /** True for a plain JSON object value (not an array, not null, not a float). */
@@ -71,7 +73,9 @@ export function parseQmpJson(text: string): QmpValue {
         if (text[i] !== ':') fail('missing : in object pair');
         i++;
         if (Object.prototype.hasOwnProperty.call(obj, key)) fail('duplicate key');
-        Object.defineProperty(obj, key, { value: value(depth + 1), enumerable: true, writable: true, configurable: true });
+        const v = value(depth + 1);
+        if (key === '__proto__') Object.defineProperty(obj, key, { value: v, enumerable: true, writable: true, configurable: true });
+        else obj[key] = v;
         ws();
         if (text[i] === ',') {
           i++;
@@ -108,7 +112,8 @@ export function parseQmpJson(text: string): QmpValue {
     }
     if (c === '"' || c === "'") return str();
     if (c === '-' || (c >= '0' && c <= '9')) return num();
-    const m = /^[A-Za-z_][A-Za-z0-9_]*/.exec(text.slice(i));
+    KEYWORD.lastIndex = i;
+    const m = KEYWORD.exec(text);
     if (m) {
       i += m[0].length;
       if (m[0] === 'true') return true;
@@ -122,48 +127,52 @@ export function parseQmpJson(text: string): QmpValue {
     const quote = text[i]!;
     i++;
     let out = '';
+    let run = i; // start of the plain run not yet copied to `out`
     while (i < n) {
-      const c = text[i]!;
-      if (c === quote) {
+      const c = text.charCodeAt(i);
+      if (c !== 0x5c && c !== quote.charCodeAt(0) && c >= 0x20) {
+        i++;
+        continue;
+      }
+      out += text.slice(run, i);
+      if (c === quote.charCodeAt(0)) {
         i++;
         return out;
       }
-      if (c === '\\') {
-        const e = text[i + 1];
-        i += 2;
-        switch (e) {
-          case '"': out += '"'; break;
-          case "'": out += "'"; break;
-          case '\\': out += '\\'; break;
-          case '/': out += '/'; break;
-          case 'b': out += '\b'; break;
-          case 'f': out += '\f'; break;
-          case 'n': out += '\n'; break;
-          case 'r': out += '\r'; break;
-          case 't': out += '\t'; break;
-          case 'u': {
-            const hex = text.slice(i, i + 4);
-            if (!/^[0-9a-fA-F]{4}$/.test(hex)) fail('invalid escape sequence in string');
-            out += String.fromCharCode(parseInt(hex, 16));
-            i += 4;
-            break;
-          }
-          default:
-            fail('invalid escape sequence in string');
+      if (c < 0x20) fail('invalid character in string');
+      const e = text[i + 1];
+      i += 2;
+      switch (e) {
+        case '"': out += '"'; break;
+        case "'": out += "'"; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          const hex = text.slice(i, i + 4);
+          if (!/^[0-9a-fA-F]{4}$/.test(hex)) fail('invalid escape sequence in string');
+          out += String.fromCharCode(parseInt(hex, 16));
+          i += 4;
+          break;
         }
-        continue;
+        default:
+          fail('invalid escape sequence in string');
       }
-      if (c < ' ') fail('invalid character in string');
-      out += c;
-      i++;
+      run = i;
     }
     return fail('missing closing quote in string');
   };
   const num = (): QmpValue => {
-    const m = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(i));
+    NUMBER.lastIndex = i;
+    const m = NUMBER.exec(text);
     if (!m) return fail('invalid number');
     i += m[0].length;
     if (m[2] !== undefined || m[3] !== undefined) return new JsonFloat(Number(m[0]));
+    if (m[0].length <= 15) return Number(m[0]) || 0; // safe integer for sure (|| 0 turns -0 into 0)
     const big = BigInt(m[0]);
     if (big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(big);
     if (big >= INT64_MIN && big <= UINT64_MAX) return big;
@@ -175,7 +184,10 @@ export function parseQmpJson(text: string): QmpValue {
   return v;
 }
 
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
 function escapeString(s: string): string {
+  if (PLAIN.test(s)) return '"' + s + '"';
   let out = '"';
   for (let k = 0; k < s.length; k++) {
     const c = s.charCodeAt(k);
