@@ -85,7 +85,7 @@ describe.skipIf(!hasQemu)(`postcopy vm with real QEMU 7.2 ${qemuSkipReason}`, ()
     }, 60_000);
   }
 
-  it('(3) QEMU -M pc -m 128M -S → adopting postcopy vm: all nine RAM blocks equal', async () => {
+  it('(3) QEMU -M pc -m 128M -S → adopting postcopy vm: all nine RAM blocks equal; and back into a QEMU -M pc', async () => {
     // Two identical QEMUs: the first writes its stream to a file (inspect hashes every block), the
     // second migrates into postcopy vm. Same RAM file, same firmware → same blocks.
     const a = await qemu({ machine: 'pc', memory: '128M', ramFill: 'random', paused: true, nodefaults: false });
@@ -102,6 +102,22 @@ describe.skipIf(!hasQemu)(`postcopy vm with real QEMU 7.2 ${qemuSkipReason}`, ()
     const d = await v.qmp.execute<Digest>('x-ram-digest');
     expect(d.blocks).toEqual(inspected.ramBlocks.map((r) => ({ idstr: r.idstr, usedLength: r.usedLength, sha256: r.sha256 })));
     expect(d.blocks[0]).toMatchObject({ idstr: 'pc.ram', sha256: sha(fs.readFileSync(a.ramPath!)) });
+    // ... and back: the adopted VM (machine pc-i440fx-7.2, opaque device sections) migrates into a QEMU -M pc.
+    await b.cleanup();
+    const c = await qemu({ machine: 'pc', memory: '128M', ramFill: 'zero', paused: true, nodefaults: false, incoming: 'defer' });
+    await c.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+    await v.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await listeningPort(c.qmp)}` });
+    await waitStatus(v.qmp, ['completed'], 60_000);
+    let ci: { status?: string } = {};
+    for (let i = 0; i < 200 && ci.status !== 'completed' && c.exitCode() === undefined; i++) {
+      ci = await c.qmp.execute<{ status?: string }>('query-migrate');
+      await sleep(25);
+    }
+    expect(c.stderr()).toBe('');
+    expect(ci.status).toBe('completed');
+    expect(sha(fs.readFileSync(c.ramPath!))).toBe(d.blocks[0]!.sha256);
+    // globalstate "prelaunch" (the -S source's) came through our process unchanged in meaning
+    expect(await c.qmp.execute('query-status')).toMatchObject({ status: 'prelaunch' });
   }, 90_000);
 
   it('(4a) migrate to a port nothing listens on: failed with the same error-desc as QEMU, source keeps running', async () => {
