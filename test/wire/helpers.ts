@@ -38,3 +38,31 @@ export function protoErr(fn: () => unknown): ProtocolError {
   }
   throw new Error('expected a ProtocolError, nothing was thrown');
 }
+
+/**
+ * Connect to a unix socket that a just-started process will create, retrying
+ * until it accepts (the file can exist a moment before the listen()).
+ */
+export async function connectRetry(path: string, timeoutMs = 15_000): Promise<import('node:net').Socket> {
+  const { connect } = await import('node:net');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await new Promise((resolve, reject) => {
+        const s = connect(path);
+        s.once('connect', () => {
+          s.removeAllListeners('error');
+          s.on('error', () => undefined);
+          resolve(s);
+        });
+        s.once('error', (e) => {
+          s.destroy();
+          reject(e);
+        });
+      });
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+}

@@ -5,7 +5,6 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -13,7 +12,7 @@ import { encodeGlobalState } from '../../src/wire/globalstate.js';
 import { RamRecordDecoder, RamRecordEncoder } from '../../src/wire/ram.js';
 import { encodeConfiguration, encodeFooter, encodeHeader, encodeSection } from '../../src/wire/stream.js';
 import { ByteWriter } from '../../src/wire/writer.js';
-import { cur, hex, protoErr } from './helpers.js';
+import { connectRetry, cur, hex, protoErr } from './helpers.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 const have = existsSync(QEMU);
@@ -70,8 +69,12 @@ async function startIncoming(file: string, tag: string): Promise<Qemu> {
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exit = new Promise<number | null>((res) => proc.on('exit', (code) => res(code)));
-  for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
-  const s = connect(sock);
+  // A destination that fails at once may exit before its QMP socket accepts.
+  const s = await Promise.race([connectRetry(sock).catch(() => null), exit.then(() => null)]);
+  if (s === null) {
+    const gone = (): Promise<Record<string, unknown>> => Promise.reject(new Error('QEMU exited'));
+    return { proc, stderr: () => err, exit, qmp: gone };
+  }
   let buf = '';
   const waiting: ((m: Record<string, unknown>) => void)[] = [];
   s.on('data', (d) => {
@@ -90,7 +93,6 @@ async function startIncoming(file: string, tag: string): Promise<Qemu> {
       s.write(JSON.stringify({ execute: cmd, arguments: args }) + '\n');
     });
   proc.on('exit', () => s.destroy());
-  // A destination that fails at once exits before QMP answers: do not wait forever.
   await Promise.race([qmp('qmp_capabilities'), exit]);
   return { proc, stderr: () => err, exit, qmp };
 }

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { type Socket, connect, createServer } from 'node:net';
+import { type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -17,6 +17,7 @@ import { StreamReader } from '../../src/wire/reader.js';
 import { encodeRpMessage } from '../../src/wire/return-path.js';
 import { decodeFooter, decodeSection, decodeStreamStart } from '../../src/wire/stream.js';
 import { ByteWriter } from '../../src/wire/writer.js';
+import { connectRetry } from './helpers.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 const dir = mkdtempSync(join(tmpdir(), 'wire-qemu-src-'));
@@ -114,8 +115,7 @@ describe.skipIf(!existsSync(QEMU))('a real QEMU 7.2 postcopy source, decoded by 
     proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<void>((r) => proc.on('exit', () => r()));
     try {
-      for (let i = 0; i < 200 && !existsSync(qmpSock); i++) await new Promise((r) => setTimeout(r, 25));
-      const q = connect(qmpSock);
+      const q = await connectRetry(qmpSock);
       let buf = '';
       const waiting: ((m: Record<string, unknown>) => void)[] = [];
       q.on('data', (d) => {

@@ -14,6 +14,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { connectRetry } from './helpers.js';
 import { encodeCommand } from '../../src/wire/command.js';
 import { RamRecordEncoder } from '../../src/wire/ram.js';
 import { StreamReader } from '../../src/wire/reader.js';
@@ -29,9 +30,9 @@ async function waitFor(path: string): Promise<void> {
   for (let i = 0; i < 200 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 25));
 }
 
-function qmpClient(sock: string): Promise<(cmd: string, args?: object) => Promise<Record<string, unknown>>> {
+async function qmpClient(sock: string): Promise<(cmd: string, args?: object) => Promise<Record<string, unknown>>> {
+  const s = await connectRetry(sock);
   return new Promise((resolve, reject) => {
-    const s = connect(sock);
     let buf = '';
     const waiting: ((m: Record<string, unknown>) => void)[] = [];
     s.on('error', reject);

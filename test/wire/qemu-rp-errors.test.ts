@@ -5,13 +5,13 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { type Socket, connect, createServer } from 'node:net';
+import { type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ProtocolError } from '../../src/errors.js';
 import { decodeRpMessage, validatePageRequest } from '../../src/wire/return-path.js';
-import { cur, hex } from './helpers.js';
+import { connectRetry, cur, hex } from './helpers.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 const dir = mkdtempSync(join(tmpdir(), 'wire-qemu-rp-'));
@@ -38,9 +38,7 @@ async function sourceErrorFor(rp: Uint8Array, tag: string, expect_: string): Pro
   proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));
   try {
-    for (let i = 0; i < 200 && !existsSync(qmpSock); i++) await new Promise((r) => setTimeout(r, 25));
-    const q = connect(qmpSock);
-    q.on('error', () => undefined);
+    const q = await connectRetry(qmpSock);
     const send = (cmd: string, args?: object): void => void q.write(JSON.stringify({ execute: cmd, arguments: args }) + '\n');
     send('qmp_capabilities');
     send('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
