@@ -195,12 +195,13 @@ export function parseDeviceTail(
   bytes: Uint8Array,
   base: number,
   onCommand?: (cmd: InspectCommand) => void,
+  fallback?: Vmdesc,
 ): DeviceItems & { vmdesc: { offset: number; length: number; desc: Vmdesc } | null; eofOffset: number | null } {
   const tail = findTailVmdesc(bytes);
   let desc: Vmdesc | undefined;
   if (tail) desc = parseVmdesc(tail.json, base + tail.at + 5);
   const end = tail ? tail.at : bytes.length;
-  const items = parseDeviceItems(bytes, { base, end, vmdesc: desc, onCommand });
+  const items = parseDeviceItems(bytes, { base, end, vmdesc: desc ?? fallback, onCommand });
   let eofOffset: number | null = null;
   if (items.ended === 'eof') {
     eofOffset = base + items.pos - 1;
@@ -233,4 +234,15 @@ export function parseDeviceTail(
     throw new TruncatedError('stream: EOF', 1, base + bytes.length);
   }
   return { ...items, vmdesc, eofOffset };
+}
+
+/**
+ * The VMDESCRIPTION of a precopy capture (to split a postcopy stream of the
+ * same machine): `bytes` is the capture's tail (or all of it), or the JSON.
+ */
+export function vmdescFromCapture(bytes: Uint8Array): Vmdesc {
+  if (bytes[0] === 0x7b /* { */) return parseVmdesc(Buffer.from(bytes).toString('utf8'));
+  const tail = findTailVmdesc(bytes);
+  if (!tail) throw new ProtocolError('vmdesc', 'no VMDESCRIPTION at the end of the capture', bytes.length);
+  return parseVmdesc(tail.json, tail.at + 5);
 }

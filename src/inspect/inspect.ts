@@ -13,7 +13,7 @@ import { RAM_SECTION_IDSTR, RAM_SECTION_VERSION, SectionType, TARGET_PAGE_SIZE }
 import type { ByteCursor } from '../wire/cursor.js';
 import { type RamRecord, RamRecordDecoder, checkRamOffset } from '../wire/ram.js';
 import { StreamReader } from '../wire/reader.js';
-import { parseVmdesc } from '../wire/vmdesc.js';
+import { type Vmdesc, parseVmdesc } from '../wire/vmdesc.js';
 import { decodeFooter, decodeSection, decodeStreamStart } from '../wire/stream.js';
 import { commandRecord } from './commands.js';
 import { parseDeviceItems, parseDeviceTail } from './devices.js';
@@ -30,6 +30,12 @@ export interface InspectOptions {
   maxDeviceBytes?: number;
   /** Refuse PACKAGED blobs above this (default 256 MiB). */
   maxPackagedBytes?: number;
+  /**
+   * A VMDESCRIPTION to split device sections that have none of their own:
+   * postcopy streams (devices inside PACKAGED) or streams without vmdesc.
+   * Take it from a precopy capture of the same machine ({@link vmdescFromCapture}).
+   */
+  vmdesc?: Vmdesc;
   /** Stop early. */
   signal?: AbortSignal;
 }
@@ -203,7 +209,7 @@ export async function inspectStream(source: AsyncIterable<Uint8Array>, opts: Ins
     if (type === SectionType.FULL) {
       // Device sections up to EOF, then the VMDESCRIPTION: buffer and split.
       const tail = await readRest();
-      const r = parseDeviceTail(tail, at, onCommand);
+      const r = parseDeviceTail(tail, at, onCommand, opts.vmdesc);
       result.sections.push(...r.sections);
       result.devices.push(...r.devices);
       result.warnings.push(...r.warnings);
@@ -234,7 +240,7 @@ export async function inspectStream(source: AsyncIterable<Uint8Array>, opts: Ins
         }
         const blobAt = reader.offset;
         const blob = await reader.read(len, 'PACKAGED blob');
-        const items = parseDeviceItems(blob, { base: blobAt, packaged: true, onCommand });
+        const items = parseDeviceItems(blob, { base: blobAt, packaged: true, onCommand, vmdesc: opts.vmdesc });
         if (items.ended !== 'run' && items.ended !== 'eof') {
           throw new ProtocolError('MIG_CMD PACKAGED', 'package ended without POSTCOPY_RUN or EOF', blobAt + len);
         }

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { main } from '../../src/cli/main.js';
 import { fixtureRam } from '../fixtures/none-1m.pattern.mjs';
+import { postcopyStream, precopyStream } from './streams.js';
 
 const FIXTURE = new URL('../fixtures/none-1m.bin', import.meta.url).pathname;
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -81,6 +82,20 @@ describe('postcopy inspect', () => {
     const r3 = await run(['inspect', path.join(tmp, 'missing.bin')]);
     expect(r3.code).toBe(1);
     expect(r3.err).toMatch(/postcopy inspect: .*ENOENT/);
+  });
+
+  it('--vmdesc CAPTURE splits the devices of a postcopy stream field by field', async () => {
+    const post = path.join(tmp, 'post.bin');
+    fs.writeFileSync(post, postcopyStream().bytes);
+    const cap = path.join(tmp, 'pre.bin');
+    fs.writeFileSync(cap, precopyStream().bytes);
+    const plain = JSON.parse((await run(['inspect', post, '--json'])).out) as { devices: { split: string }[] };
+    expect(plain.devices.map((d) => d.split)).toEqual(['footer-scan']);
+    const r = await run(['inspect', post, '--vmdesc', cap, '--fields']);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('count: uint32 = 7');
+    expect((await run(['inspect', post, '--vmdesc', FIXTURE.replace('.bin', '.pattern.mjs')])).err).toMatch(/--vmdesc .*no VMDESCRIPTION/);
+    expect((await run(['inspect', post, '--vmdesc'])).code).toBe(2);
   });
 
   it('usage errors exit 2; --help exits 0', async () => {

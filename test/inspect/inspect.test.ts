@@ -7,7 +7,8 @@ import { inspectStream, type InspectOptions } from '../../src/inspect/inspect.js
 import { RamImage } from '../../src/inspect/ram-image.js';
 import { ByteWriter } from '../../src/wire/writer.js';
 import { FIXTURE_PAGES, fixtureRam } from '../fixtures/none-1m.pattern.mjs';
-import { PAGE, chunks, pattern, postcopyStream, precopyStream } from './streams.js';
+import { DEV_VMDESC, PAGE, chunks, pattern, postcopyStream, precopyStream } from './streams.js';
+import { vmdescFromCapture } from '../../src/inspect/devices.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -110,6 +111,16 @@ describe('inspectStream on synthetic streams', () => {
     expect(r.eof).toBe(true);
     expect(r.vmdesc).toBeNull();
     expect(r.warnings).toEqual([]); // postcopy streams have no vmdesc: not worth a warning
+  });
+
+  it('splits packaged devices with a VMDESCRIPTION given from elsewhere (vmdescFromCapture)', async () => {
+    const desc = vmdescFromCapture(precopyStream().bytes); // a "precopy capture of the same machine"
+    const r = await inspectStream(chunks(postcopyStream().bytes, 64), { vmdesc: desc });
+    expect(r.devices).toHaveLength(1);
+    expect(r.devices[0]).toMatchObject({ idstr: 'dev', size: 19, split: 'vmdesc', packaged: true });
+    expect(r.devices[0]!.fields![0]!.value).toBe(7);
+    expect(vmdescFromCapture(Buffer.from(JSON.stringify({ page_size: 4096, devices: [DEV_VMDESC] }))).devices[0]!.name).toBe('dev');
+    expect(() => vmdescFromCapture(new Uint8Array(10))).toThrow(/no VMDESCRIPTION/);
   });
 
   it('refuses XBZRLE after POSTCOPY_LISTEN, as QEMU does', async () => {

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { vmdescFromCapture } from '../../src/inspect/devices.js';
 import { inspectStream } from '../../src/inspect/inspect.js';
 import type { InspectResult } from '../../src/inspect/types.js';
 import { captureStream, hasQemu, qemuSkipReason, startQemu, waitForStatus, type QemuProcess } from './harness/index.js';
@@ -128,10 +129,17 @@ describe.skipIf(!hasQemu)(`inspect on a real QEMU -M pc postcopy package ${qemuS
     // The same machine, precopy into a file: its vmdesc says how long each device is.
     const vm = await startQemu(opts);
     vms.push(vm);
-    const pre = await inspectStream(fs.createReadStream(await captureStream(vm.qmp, { dir: vm.dir })));
+    const preFile = await captureStream(vm.qmp, { dir: vm.dir });
+    const pre = await inspectStream(fs.createReadStream(preFile));
     const key = (d: InspectResult['devices'][number]) => `${d.idstr}(${d.instanceId}) v${d.versionId}: ${d.size}`;
     expect(post.devices.map(key)).toEqual(pre.devices.map(key));
     expect(post.devices).toHaveLength(34);
     expect(post.ramBlocks.map((b) => b.idstr)).toEqual(pre.ramBlocks.map((b) => b.idstr));
+    // With that vmdesc, the packaged devices split field by field too.
+    const withDesc = await inspectStream(fs.createReadStream(file), { vmdesc: vmdescFromCapture(fs.readFileSync(preFile)) });
+    expect(withDesc.devices.every((d) => d.split === 'vmdesc' && d.fields !== undefined)).toBe(true);
+    expect(withDesc.devices.map(key)).toEqual(pre.devices.map(key));
+    const gs = withDesc.devices.find((d) => d.idstr === 'globalstate')!;
+    expect(gs.fields![1]!.text).toBe('prelaunch');
   }, 180_000);
 });
