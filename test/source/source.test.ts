@@ -84,6 +84,21 @@ describe('MigrationSource', () => {
     expect(status.history.at(-1)).toBe('failed');
   });
 
+  it('a destination failure after switchover (SHUT 1) fails the source and resumes the guest', async () => {
+    const g = new TestGuest([{ idstr: 'ram', size: 256 * 1024 }]);
+    const status = new EngineStatus();
+    const src = new MigrationSource(g, { capabilities: { returnPath: true }, parameters: { maxBandwidth: 1e12 }, status });
+    const dst = new MigrationDestination({ blocks: [{ ...g.blocks[0]!, bytes: new Uint8Array(256 * 1024) }] });
+    const [a, b] = duplexPair();
+    const devices = [{ idstr: 'timer', instanceId: 0, versionId: 2, payload: new Uint8Array(24) }];
+    const [s, d] = await Promise.all([src.migrate(a, { devices }), dst.load(b)]);
+    expect([s, d]).toEqual(['failed', 'failed']);
+    expect(src.queryMigrate()).toEqual({ status: 'failed', 'error-desc': 'Destination reported failure (SHUT 1)' });
+    expect(status.history).toEqual(['setup', 'active', 'failed']);
+    expect(g.stopped).toBe(false);
+    expect(g.resumed).toBe(1);
+  });
+
   it('fails when the return path closes without SHUT', async () => {
     const { g, a, b } = setup(256 * 1024);
     const src = new MigrationSource(g, { capabilities: { returnPath: true }, parameters: { maxBandwidth: 1e12 } });
