@@ -6,6 +6,9 @@
 import { ProtocolError } from '../errors.js';
 import type { Hotpath } from '../hotpath/hotpath.js';
 
+/** Largest batch of {@link PageBitmap.collect}. */
+const COLLECT_BATCH = 4096;
+
 /** A maximal run of set bits. */
 export interface BitRun {
   start: number;
@@ -21,6 +24,7 @@ export class PageBitmap {
   readonly nbits: number;
   private buf: ArrayBufferLike | undefined;
   private w32: Uint32Array = new Uint32Array(0);
+  private outOff = -1;
 
   constructor(hp: Hotpath, offset: number, nbits: number) {
     if (!Number.isInteger(nbits) || nbits < 0 || nbits > 0x7fffffff) throw new RangeError(`bad bitmap size ${nbits}`);
@@ -129,6 +133,28 @@ export class PageBitmap {
   /** First clear bit >= from, or nbits if none. */
   findNextZero(from = 0): number {
     return this.hp.bitmapFindNextZero(this.offset, this.nbits, from);
+  }
+
+  /**
+   * Up to `max` (<= 4096) set-bit indexes >= from, in order, as a new array
+   * (one WASM call per batch; the batch area is allocated on first use).
+   * An empty array means there are no more.
+   */
+  collect(from = 0, max = COLLECT_BATCH): Uint32Array {
+    if (max > COLLECT_BATCH || max < 1) throw new RangeError(`collect: max ${max} outside 1..${COLLECT_BATCH}`);
+    if (this.outOff < 0) this.outOff = this.hp.alloc(COLLECT_BATCH * 4, 64);
+    const n = this.hp.bitmapCollect(this.offset, this.nbits, from, this.outOff, max);
+    return new Uint32Array(this.hp.memory.buffer, this.outOff, n).slice();
+  }
+
+  /** Calls fn(page) for every set bit >= from, in order (batched through WASM). */
+  forEachSet(fn: (page: number) => void, from = 0): void {
+    for (;;) {
+      const batch = this.collect(from);
+      for (let i = 0; i < batch.length; i++) fn(batch[i]!);
+      if (batch.length < COLLECT_BATCH) return;
+      from = batch[batch.length - 1]! + 1;
+    }
   }
 
   /** The next maximal run of set bits starting at or after `from` (postcopy discard ranges). */

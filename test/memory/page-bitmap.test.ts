@@ -96,4 +96,23 @@ describe('PageBitmap', () => {
     expect(err).toBeInstanceOf(ProtocolError);
     expect(String((err as Error).message)).toMatch(/bitmap size mismatch/);
   });
+
+  it('collect / forEachSet enumerate set bits in order across batches', () => {
+    const bm = PageBitmap.create(hp, 10_000);
+    const expected: number[] = [];
+    for (let p = 0; p < 10_000; p++) {
+      if (p % 3 === 0 || (p > 5000 && p < 5100)) {
+        bm.set(p);
+        expected.push(p);
+      }
+    }
+    const seen: number[] = [];
+    bm.forEachSet((p) => seen.push(p));
+    expect(seen).toEqual(expected);
+    expect([...bm.collect(4999, 5)]).toEqual(expected.filter((p) => p >= 4999).slice(0, 5));
+    expect(bm.collect(9_999).length).toBe(1);
+    const empty = PageBitmap.create(hp, 100);
+    expect(empty.collect().length).toBe(0);
+    expect(() => bm.collect(0, 5000)).toThrow(RangeError);
+  });
 });
