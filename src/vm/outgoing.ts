@@ -87,7 +87,11 @@ export class Outgoing {
         this.connecting = undefined;
         this.connectError = ac.signal.aborted ? undefined : e instanceof Error ? e.message : String(e);
         if (this.connectError === undefined) return 'cancelled';
-        this.vm.bus.emit('MIGRATION', { status: 'failed' });
+        // QEMU went setup → failed; the engine never started, so tell the events here.
+        if (this.vm.config.capabilities.events) {
+          this.vm.bus.emit('MIGRATION', { status: 'setup' });
+          this.vm.bus.emit('MIGRATION', { status: 'failed' });
+        }
         return 'failed';
       }
       this.connecting = undefined;
