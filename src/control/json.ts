@@ -226,6 +226,25 @@ export function formatDouble(v: number): string {
  */
 export type JsonOut = unknown;
 
+const bucketCache = new Map<string, number>();
+
+/**
+ * The QDict bucket of a key in QEMU (tdb hash modulo 512). QEMU prints a
+ * dict's members bucket by bucket, so this, not insertion order, decides
+ * member order in every QMP reply and event (verified against every
+ * captured reply: parameters, MigrationInfo, MigrationStats, greeting, ...).
+ */
+export function qdictBucket(key: string): number {
+  let b = bucketCache.get(key);
+  if (b !== undefined) return b;
+  const bytes = Buffer.from(key, 'utf8');
+  let v = Math.imul(0x238f13af, bytes.length) >>> 0;
+  for (let i = 0; i < bytes.length; i++) v = (v + ((bytes[i]! << ((i * 5) % 24)) >>> 0)) >>> 0;
+  b = ((Math.imul(1103515243, v) + 12345) >>> 0) % 512;
+  if (bucketCache.size < 4096) bucketCache.set(key, b);
+  return b;
+}
+
 /**
  * Serialize like QEMU 7.2's QMP monitor. Integral `number`s print as
  * integers, other numbers with "%.17g"; `bigint` prints exactly;
@@ -242,10 +261,8 @@ export function toQmpJson(v: JsonOut): string {
   if (Array.isArray(v)) {
     return '[' + (v as readonly unknown[]).map((x) => toQmpJson(x)).join(', ') + ']';
   }
-  const parts: string[] = [];
-  for (const [k, x] of Object.entries(v as object)) {
-    if (x === undefined || typeof x === 'function') continue;
-    parts.push(`${escapeString(k)}: ${toQmpJson(x)}`);
-  }
+  const entries = Object.entries(v as object).filter(([, x]) => x !== undefined && typeof x !== 'function');
+  entries.sort(([a], [b]) => qdictBucket(a) - qdictBucket(b)); // stable: ties keep insertion order
+  const parts = entries.map(([k, x]) => `${escapeString(k)}: ${toQmpJson(x)}`);
   return '{' + parts.join(', ') + '}';
 }

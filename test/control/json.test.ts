@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatDouble, JsonFloat, JsonParseError, parseQmpJson, toQmpJson } from '../../src/control/json.js';
+import { formatDouble, qdictBucket, JsonFloat, JsonParseError, parseQmpJson, toQmpJson } from '../../src/control/json.js';
 import { JsonSplitter } from '../../src/control/json-stream.js';
 
 describe('parseQmpJson', () => {
@@ -31,8 +31,17 @@ describe('parseQmpJson', () => {
 describe('toQmpJson', () => {
   it('prints like QEMU: ", " and ": " separators, exact big integers', () => {
     expect(toQmpJson({ a: 1, b: [1, 2], c: {}, d: [], e: 18446744073709551615n, f: undefined })).toBe(
-      '{"a": 1, "b": [1, 2], "c": {}, "d": [], "e": 18446744073709551615}',
+      '{"d": [], "e": 18446744073709551615, "a": 1, "b": [1, 2], "c": {}}', // QDict bucket order
+
     );
+  });
+  it("orders members as QEMU's QDict does, whatever the insertion order", () => {
+    expect(toQmpJson({ type: 'inet', host: '127.0.0.1', ipv4: true, port: '5701' })).toBe(
+      '{"port": "5701", "ipv4": true, "host": "127.0.0.1", "type": "inet"}',
+    );
+    expect(toQmpJson({ error: { desc: 'd', class: 'GenericError' }, id: 1 })).toBe('{"id": 1, "error": {"class": "GenericError", "desc": "d"}}');
+    expect(toQmpJson({ id: 1, return: {} })).toBe('{"return": {}, "id": 1}');
+    expect(qdictBucket('micro')).toBe(qdictBucket('minor'));
   });
   it('escapes non-ASCII and control characters in upper-case \\u form, keeps "/"', () => {
     expect(toQmpJson('é\u0001/😀"\\\n')).toBe('"\\u00E9\\u0001/\\uD83D\\uDE00\\"\\\\\\n"');
