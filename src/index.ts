@@ -15,3 +15,8 @@ export { parseVmdesc, splitDeviceState, findVmdescDevice, type Vmdesc, type Vmde
 /** Guest RAM blocks, dirty log and page bitmaps in the shared hot-path memory. */
 export { GuestMemory, RamBlock, RamAddressError, PageBitmap, DirtyLog } from './memory/index.js';
 export type { GuestMemoryDescriptor, RamBlockInfo, BitRun } from './memory/index.js';
+/** The decoding drill proxy with fault injection (`postcopy proxy`). */
+export { FaultProxy, type FaultProxyOptions, type FaultProxyEvents, type ProxyCut, type ProxyStats, type ConnState } from './proxy/proxy.js';
+export { type ProxyItem, type ProxyDirection, type ProxyFieldValue } from './proxy/decoder.js';
+export { type CutRule, type CutMode, type CutTrigger, parseCutOn, ITEM_KINDS } from './proxy/cut.js';
+export { type ProxyRecord, readRecordFile, decodeRecords, formatRecords } from './proxy/record.js';
