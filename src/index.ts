@@ -20,3 +20,12 @@ export { FaultProxy, type FaultProxyOptions, type FaultProxyEvents, type ProxyCu
 export { type ProxyItem, type ProxyDirection, type ProxyFieldValue } from './proxy/decoder.js';
 export { type CutRule, type CutMode, type CutTrigger, parseCutOn, ITEM_KINDS } from './proxy/cut.js';
 export { type ProxyRecord, readRecordFile, decodeRecords, formatRecords } from './proxy/record.js';
+/** The precopy engine: outgoing and incoming migration state machines and their ports. */
+export { MigrationSource, type MigrateOptions, type SourceOptions } from './source/source.js';
+export { DEFAULT_CAPABILITIES as SOURCE_DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS as SOURCE_DEFAULT_PARAMETERS, type SourceCapabilities, type SourceParameters } from './source/options.js';
+export { MigrationDestination, encodeGlobalState, parseGlobalState, type DestinationOptions } from './destination/destination.js';
+export { type ReceivedSection } from './destination/device-split.js';
+export type { SourceGuest, EngineRamBlock, PageOps, DeviceSection, PageBits } from './engine/ports.js';
+export { hotpathPageOps } from './engine/hotpath-ops.js';
+export { jsPageOps } from './engine/page-ops-js.js';
+export { sourceGuestFromMemory, engineBlocks, type GuestControl } from './engine/memory-guest.js';
