@@ -262,7 +262,9 @@ export function toQmpJson(v: JsonOut): string {
     return '[' + (v as readonly unknown[]).map((x) => toQmpJson(x)).join(', ') + ']';
   }
   const entries = Object.entries(v as object).filter(([, x]) => x !== undefined && typeof x !== 'function');
-  entries.sort(([a], [b]) => qdictBucket(a) - qdictBucket(b)); // stable: ties keep insertion order
-  const parts = entries.map(([k, x]) => `${escapeString(k)}: ${toQmpJson(x)}`);
+  // Bucket order; within a bucket QEMU prints the later-inserted member first.
+  const order = entries.map((e, idx) => ({ e, idx, b: qdictBucket(e[0]) }));
+  order.sort((x, y) => x.b - y.b || y.idx - x.idx);
+  const parts = order.map(({ e: [k, x] }) => `${escapeString(k)}: ${toQmpJson(x)}`);
   return '{' + parts.join(', ') + '}';
 }

@@ -136,7 +136,7 @@ export class QmpServer {
     this.unsubscribe = opts.bus?.subscribe((ev) => this.broadcast(ev));
     this.register('qmp_capabilities', (args, ctx) => this.negotiate(args, ctx.client as Connection));
     this.register('query-version', () => ({
-      qemu: { micro: this.version.micro, minor: this.version.minor, major: this.version.major },
+      qemu: { major: this.version.major, minor: this.version.minor, micro: this.version.micro },
       package: this.pkg,
     }));
     this.register('query-commands', () => [...this.commands.keys()].map((name) => ({ name })));
@@ -162,7 +162,7 @@ export class QmpServer {
     return {
       QMP: {
         version: {
-          qemu: { micro: this.version.micro, minor: this.version.minor, major: this.version.major },
+          qemu: { major: this.version.major, minor: this.version.minor, micro: this.version.micro },
           package: this.pkg,
         },
         capabilities: ['oob'],

@@ -42,6 +42,12 @@ describe('toQmpJson', () => {
     expect(toQmpJson({ error: { desc: 'd', class: 'GenericError' }, id: 1 })).toBe('{"id": 1, "error": {"class": "GenericError", "desc": "d"}}');
     expect(toQmpJson({ id: 1, return: {} })).toBe('{"return": {}, "id": 1}');
     expect(qdictBucket('micro')).toBe(qdictBucket('minor'));
+    // Replies captured from QEMU 7.2.22 that nothing here builds in order:
+    expect(toQmpJson({ running: true, singlestep: false, status: 'running' })).toBe('{"status": "running", "singlestep": false, "running": true}');
+    expect(toQmpJson({ data: { pass: 1 }, event: 'MIGRATION_PASS', timestamp: { microseconds: 407539, seconds: 1795320368 } })).toBe(
+      '{"timestamp": {"seconds": 1795320368, "microseconds": 407539}, "event": "MIGRATION_PASS", "data": {"pass": 1}}',
+    );
+    expect(toQmpJson({ reason: 'error', mode: 'primary' })).toBe('{"mode": "primary", "reason": "error"}');
   });
   it('escapes non-ASCII and control characters in upper-case \\u form, keeps "/"', () => {
     expect(toQmpJson('é\u0001/😀"\\\n')).toBe('"\\u00E9\\u0001/\\uD83D\\uDE00\\"\\\\\\n"');
