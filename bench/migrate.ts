@@ -22,7 +22,9 @@ import path from 'node:path';
 import { printTable } from './lib/timing.js';
 import {
   cleanupAll,
+  counterDelta,
   finalInfo,
+  procCounters,
   qemuBinary,
   scratchDir,
   sha256File,
@@ -32,6 +34,7 @@ import {
   waitMigrationEvent,
   writeRamFile,
   type Peer,
+  type ProcCounters,
 } from './lib/peers.js';
 import { summariseProfile } from './lib/profile.js';
 
@@ -58,6 +61,9 @@ interface RunResult {
   transferred: number;
   verified: boolean;
   digest: string;
+  /** CPU time and minor faults of each process from `migrate` to the destination's `completed`. */
+  srcCpu: ProcCounters;
+  dstCpu: ProcCounters;
 }
 
 /** A TCP port free right now on 127.0.0.1. */
@@ -79,7 +85,15 @@ const nsToMs = (ns: bigint): number => Number(ns) / 1e6;
  * `migrate`, then wait for `completed` on both. Returns the figures and
  * the hrtime window [t0, tDest] (ns).
  */
-async function migrateOnce(src: Peer, dst: Peer, port: number): Promise<{ info: Record<string, unknown>; t0: bigint; tSrc: bigint; tDst: bigint }> {
+interface Migrated {
+  info: Record<string, unknown>;
+  t0: bigint;
+  tSrc: bigint;
+  tDst: bigint;
+  srcCpu: ProcCounters;
+  dstCpu: ProcCounters;
+}
+async function migrateOnce(src: Peer, dst: Peer, port: number): Promise<Migrated> {
   const events = { capabilities: [{ capability: 'events', state: true }] };
   await dst.qmp.execute('migrate-set-capabilities', events);
   await src.qmp.execute('migrate-set-capabilities', events);
@@ -92,12 +106,16 @@ async function migrateOnce(src: Peer, dst: Peer, port: number): Promise<{ info: 
     throw new Error(`${dst.name} exited with ${code} during the migration: ${dst.stderr().trim()}`);
   });
   dstDied.catch(() => undefined);
+  const src0 = procCounters(src.child.pid);
+  const dst0 = procCounters(dst.child.pid);
   const t0 = process.hrtime.bigint();
   await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
   const tSrc = await Promise.race([srcDone, dstDied]);
   const tDst = await Promise.race([dstDone, dstDied]);
+  const srcCpu = counterDelta(src0, procCounters(src.child.pid));
+  const dstCpu = counterDelta(dst0, procCounters(dst.child.pid));
   const info = await finalInfo(src.qmp);
-  return { info, t0, tSrc, tDst };
+  return { info, t0, tSrc, tDst, srcCpu, dstCpu };
 }
 
 async function runQemu(kind: string, round: number, srcFile: string, ref: string): Promise<RunResult> {
@@ -112,9 +130,9 @@ async function runQemu(kind: string, round: number, srcFile: string, ref: string
     peers.push(dst);
     const src = await startQemu({ ramBytes: RAM_BYTES, memPath: srcFile });
     peers.push(src);
-    const { info, t0, tSrc, tDst } = await migrateOnce(src, dst, port);
+    const m = await migrateOnce(src, dst, port);
     const digest = sha256File(dstFile);
-    return result(kind, round, 'qemu', info, t0, tSrc, tDst, digest, ref);
+    return result(kind, round, 'qemu', m, digest, ref);
   } finally {
     await Promise.all(peers.map((p) => p.stop()));
     fs.rmSync(dstFile, { force: true });
@@ -129,18 +147,19 @@ async function runOurs(kind: string, round: number, srcFile: string, ref: string
     peers.push(dst);
     const src = await startVm({ ramBytes: RAM_BYTES, memPath: srcFile, cpuProfDir });
     peers.push(src);
-    const { info, t0, tSrc, tDst } = await migrateOnce(src, dst, port);
+    const m = await migrateOnce(src, dst, port);
     const d = await dst.qmp.execute<{ blocks: Array<{ idstr: string; sha256: string }> }>('x-ram-digest');
     const digest = d.blocks.length === 1 && d.blocks[0]!.idstr === 'ram' ? d.blocks[0]!.sha256 : JSON.stringify(d.blocks);
     // With --cpu-prof, exit cleanly (SIGTERM → quit) so node writes the profile.
     if (cpuProfDir) await Promise.all(peers.map((p) => p.stop('SIGTERM')));
-    return { ...result(kind, round, 'ours', info, t0, tSrc, tDst, digest, ref), window: [t0, tDst] };
+    return { ...result(kind, round, 'ours', m, digest, ref), window: [m.t0, m.tDst] };
   } finally {
     await Promise.all(peers.map((p) => p.stop()));
   }
 }
 
-function result(kind: string, round: number, impl: Impl, info: Record<string, unknown>, t0: bigint, tSrc: bigint, tDst: bigint, digest: string, ref: string): RunResult {
+function result(kind: string, round: number, impl: Impl, m: Migrated, digest: string, ref: string): RunResult {
+  const { info, t0, tSrc, tDst } = m;
   const ram = (info['ram'] ?? {}) as Record<string, number>;
   return {
     kind,
@@ -152,6 +171,8 @@ function result(kind: string, round: number, impl: Impl, info: Record<string, un
     transferred: Number(ram['transferred'] ?? NaN),
     verified: digest === ref,
     digest,
+    srcCpu: m.srcCpu,
+    dstCpu: m.dstCpu,
   };
 }
 
@@ -162,11 +183,13 @@ const median = (xs: number[]): number => {
 };
 const gbps = (bytes: number, ms: number): string => (bytes / 1e6 / ms).toFixed(2);
 const mb = (b: number): string => (b / 1e6).toFixed(1);
+const cpu = (c: ProcCounters): string => `${c.userMs.toFixed(0)}+${c.sysMs.toFixed(0)}`;
+const cpuMs = (c: ProcCounters): number => c.userMs + c.sysMs;
 
 function printRounds(kind: string, rs: RunResult[]): void {
   printTable(
     `${kind}: ${RAM_BYTES / MiB} MiB, per round (GB/s = RAM size / total-time; wire = transferred / total-time)`,
-    ['round', 'impl', 'total-time ms', 'wall ms', 'dest done ms', 'transferred MB', 'GB/s', 'wire GB/s', 'verified'],
+    ['round', 'impl', 'total-time ms', 'wall ms', 'dest done ms', 'transferred MB', 'GB/s', 'wire GB/s', 'src cpu usr+sys ms', 'dst cpu usr+sys ms', 'dst faults', 'verified'],
     rs.map((r) => [
       `${r.round}`,
       r.impl === 'qemu' ? 'QEMU→QEMU' : 'ours→ours',
@@ -176,6 +199,9 @@ function printRounds(kind: string, rs: RunResult[]): void {
       mb(r.transferred),
       gbps(RAM_BYTES, r.totalTimeMs),
       gbps(r.transferred, r.totalTimeMs),
+      cpu(r.srcCpu),
+      cpu(r.dstCpu),
+      `${r.dstCpu.minflt}`,
       r.verified ? `ok ${r.digest.slice(0, 12)}` : `MISMATCH ${r.digest.slice(0, 12)}`,
     ]),
   );
@@ -186,6 +212,8 @@ interface Medians {
   wall: number;
   dest: number;
   transferred: number;
+  srcCpu: number;
+  dstCpu: number;
 }
 function medians(rs: RunResult[], impl: Impl): Medians {
   const m = rs.filter((r) => r.impl === impl);
@@ -194,6 +222,8 @@ function medians(rs: RunResult[], impl: Impl): Medians {
     wall: median(m.map((r) => r.wallMs)),
     dest: median(m.map((r) => r.destDoneMs)),
     transferred: median(m.map((r) => r.transferred)),
+    srcCpu: median(m.map((r) => cpuMs(r.srcCpu))),
+    dstCpu: median(m.map((r) => cpuMs(r.dstCpu))),
   };
 }
 
@@ -227,18 +257,23 @@ function printSummary(all: Array<{ kind: string; rs: RunResult[] }>): void {
       return `${m.filter((r) => r.verified).length}/${m.length}`;
     };
     for (const [name, m, impl] of [['QEMU→QEMU', q, 'qemu'], ['ours→ours', o, 'ours']] as const) {
-      rows.push([kind, name, `${m.total}`, m.wall.toFixed(1), m.dest.toFixed(1), mb(m.transferred), gbps(RAM_BYTES, m.total), ok(impl)]);
+      rows.push([kind, name, `${m.total}`, m.wall.toFixed(1), m.dest.toFixed(1), mb(m.transferred), gbps(RAM_BYTES, m.total), m.srcCpu.toFixed(0), m.dstCpu.toFixed(0), ok(impl)]);
     }
-    rows.push([kind, 'ours/QEMU', `${(o.total / q.total).toFixed(2)}×`, `${(o.wall / q.wall).toFixed(2)}×`, `${(o.dest / q.dest).toFixed(2)}×`, `${(o.transferred / q.transferred).toFixed(2)}×`, '', '']);
+    const x = (a: number, b: number): string => `${(a / b).toFixed(2)}×`;
+    rows.push([kind, 'ours/QEMU', x(o.total, q.total), x(o.wall, q.wall), x(o.dest, q.dest), x(o.transferred, q.transferred), '', x(o.srcCpu, q.srcCpu), x(o.dstCpu, q.dstCpu), '']);
   }
-  printTable(`Medians of ${ROUNDS} rounds (ratio > 1 = ours slower / more bytes)`, ['RAM', 'impl', 'total-time ms', 'wall ms', 'dest done ms', 'transferred MB', 'GB/s', 'verified'], rows);
+  printTable(
+    `Medians of ${ROUNDS} rounds (ratio > 1 = ours slower / more bytes / more CPU)`,
+    ['RAM', 'impl', 'total-time ms', 'wall ms', 'dest done ms', 'transferred MB', 'GB/s', 'src cpu ms', 'dst cpu ms', 'verified'],
+    rows,
+  );
 }
 
 async function profileOurs(srcFile: string, ref: string): Promise<void> {
   const dir = tempPath(path.join(scratchDir, 'cpuprof'));
   fs.mkdirSync(dir, { recursive: true });
   const r = await runOurs('random', 0, srcFile, ref, dir);
-  console.log(`\nProfile: one more round of ours under node --cpu-prof: total-time ${r.totalTimeMs} ms, wall ${r.wallMs.toFixed(1)} ms, verified ${r.verified ? 'ok' : 'MISMATCH'}`);
+  console.log(`\nProfile: one more round of ours under node --cpu-prof: total-time ${r.totalTimeMs} ms, wall ${r.wallMs.toFixed(1)} ms, CPU usr+sys source ${cpu(r.srcCpu)} ms, destination ${cpu(r.dstCpu)} ms, verified ${r.verified ? 'ok' : 'MISMATCH'}`);
   const files = fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
   const from = Number(r.window[0] / 1000n);
   const to = Number(r.window[1] / 1000n);
