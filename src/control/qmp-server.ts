@@ -262,6 +262,9 @@ export class QmpServer {
     if (!isQmpObject(req)) throw new QmpError('QMP input must be a JSON object');
     const oob = Object.prototype.hasOwnProperty.call(req, 'exec-oob');
     const key = oob && c.oob ? 'exec-oob' : 'execute';
+    if (key === 'exec-oob' && Object.prototype.hasOwnProperty.call(req, 'execute')) {
+      throw new QmpError("QMP input member 'execute' clashes with 'exec-oob'");
+    }
     for (const k of Object.keys(req)) {
       if (k !== key && k !== 'arguments' && k !== 'id') throw new QmpError(`QMP input member '${k}' is unexpected`);
     }

@@ -92,6 +92,12 @@ describe('QmpServer', () => {
     release();
     expect(await c.next()).toBe('{"return": {}, "id": "b"}');
     expect(await c.cmd('{"exec-oob":"block"}')).toBe('{"error": {"class": "GenericError", "desc": "The command block does not support OOB"}}');
+    // texts captured from QEMU 7.2.22 with oob enabled
+    expect(await c.cmd('{"exec-oob":"migrate-pause","execute":"query-version","id":1}')).toBe(
+      `{"id": 1, "error": {"class": "GenericError", "desc": "QMP input member 'execute' clashes with 'exec-oob'"}}`,
+    );
+    expect(await c.cmd('{"exec-oob":5,"id":2}')).toBe(`{"id": 2, "error": {"class": "GenericError", "desc": "QMP input member 'exec-oob' must be a string"}}`);
+    expect(await c.cmd('{"exec-oob":"nosuch","id":3}')).toBe('{"id": 3, "error": {"class": "CommandNotFound", "desc": "The command nosuch has not been found"}}');
     c.close();
   });
 
