@@ -91,15 +91,18 @@ export const verb: Verb = {
     }
     let resolveExit!: (code: number) => void;
     const exit = new Promise<number>((r) => (resolveExit = r));
-    let vm: SimVm;
+    let vm: SimVm | undefined;
     try {
       vm = new SimVm({ ...parsed.opts, onExit: (code) => resolveExit(code) });
       await vm.start(parsed.qmp);
     } catch (e) {
       console.error(`postcopy vm: ${(e as Error).message}`);
+      await vm?.qmp.close().catch(() => undefined);
+      setTimeout(() => process.exit(1), 50).unref();
       return 1;
     }
-    const onSignal = (): void => void vm.shutdown(0);
+    const theVm = vm;
+    const onSignal = (): void => void theVm.shutdown(0);
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
     const code = await exit;
