@@ -81,6 +81,8 @@ export type StatusListener = (to: MigrationStatus, from: MigrationStatus) => voi
 export class StatusMachine {
   private current: MigrationStatus;
   private readonly listeners = new Set<StatusListener>();
+  /** Every status taken through transition(), in order (for logs and tests). */
+  readonly history: MigrationStatus[] = [];
 
   constructor(private readonly opts: StatusMachineOptions = {}) {
     this.current = opts.initial ?? 'none';
@@ -103,6 +105,7 @@ export class StatusMachine {
     }
     if (this.current !== from) return false;
     this.current = to;
+    this.history.push(to);
     if (this.opts.eventsEnabled?.()) this.opts.bus?.emit('MIGRATION', { status: to });
     for (const fn of [...this.listeners]) fn(to, from);
     return true;

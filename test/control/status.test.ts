@@ -30,6 +30,7 @@ describe('StatusMachine', () => {
     }
     expect(seen.map((e) => (e.data as { status: string }).status)).toEqual([...path]);
     expect(seen.every((e) => e.event === 'MIGRATION')).toBe(true);
+    expect(m.history).toEqual([...path]);
   });
 
   it('is compare-and-set: a stale `from` changes nothing', () => {
