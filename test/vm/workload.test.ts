@@ -60,3 +60,26 @@ it('auto-converge: cpu-throttle-percentage from the source slows the worker, and
   await waitStatus(v.qmp, ['cancelled']);
   expect((await v.qmp.execute<W>('x-query-workload'))['cpu-throttle-percentage']).toBe(0);
 }, 30_000);
+
+it('an incoming VM runs its workload after the migration when the run state says running', async () => {
+  const src = await startVm(['--ram', '8M']);
+  const dst = await startVm(['--ram', '8M', '--incoming', 'tcp:127.0.0.1:0', '--workload', 'rate=20000']);
+  const dstPaused = await startVm(['--ram', '8M', '--incoming', 'tcp:127.0.0.1:0', '--workload', 'rate=20000', '-S']);
+  const src2 = await startVm(['--ram', '8M']);
+  procs.push(src, dst, dstPaused, src2);
+  expect(await rate(dst, 200)).toBe(0);
+  for (const [s, d] of [
+    [src, dst],
+    [src2, dstPaused],
+  ] as const) {
+    const info = await d.qmp.execute<{ 'socket-address': { port: string }[] }>('query-migrate');
+    await s.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${info['socket-address'][0]!.port}` });
+    await waitStatus(d.qmp, ['completed']);
+  }
+  expect(await rate(dst)).toBeGreaterThan(5000);
+  // -S destination: globalstate "running" but no autostart → paused, workload idle until cont
+  expect(await dstPaused.qmp.execute('query-status')).toMatchObject({ status: 'paused' });
+  expect(await rate(dstPaused, 200)).toBe(0);
+  await dstPaused.qmp.execute('cont');
+  expect(await rate(dstPaused)).toBeGreaterThan(5000);
+}, 30_000);
