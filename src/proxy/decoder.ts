@@ -185,7 +185,7 @@ export async function decodeMainStream(source: AsyncIterable<Uint8Array>, sessio
           const it = sectionItem(sec, true);
           if (sec.kind === 'command') {
             const cmd = items.commands.find((c) => c.offset === sec.offset);
-            if (cmd) Object.assign(it.fields, JSON.parse(JSON.stringify(cmd.args)) as Record<string, ProxyFieldValue>);
+            if (cmd) it.fields = { ...(JSON.parse(JSON.stringify(cmd.args)) as Record<string, ProxyFieldValue>), ...it.fields };
           }
           emit(it);
         }

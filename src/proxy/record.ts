@@ -51,9 +51,16 @@ export class RecordWriter {
 
 /** Decode a whole record file's bytes; throws if it is not a proxy record. */
 export function decodeRecords(bytes: Uint8Array): ProxyRecord[] {
-  const values = unpackMultiple(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)) as unknown[];
+  const NOT = 'not a postcopy proxy record file';
+  if (!looksLikeRecord(bytes)) throw new Error(NOT);
+  let values: unknown[];
+  try {
+    values = unpackMultiple(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)) as unknown[];
+  } catch (e) {
+    throw new Error(`${NOT} (or a damaged one): ${(e as Error).message}`);
+  }
   const first = values[0] as Partial<ProxyRecord> | undefined;
-  if (!first || first.kind !== RECORD_MAGIC_KIND) throw new Error('not a postcopy proxy record file');
+  if (!first || first.kind !== RECORD_MAGIC_KIND) throw new Error(NOT);
   return values as ProxyRecord[];
 }
 
