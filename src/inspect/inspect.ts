@@ -110,6 +110,8 @@ export async function inspectStream(source: AsyncIterable<Uint8Array>, opts: Ins
     }
   };
 
+  const ramDecode = (c: ByteCursor): RamRecord => ram.decode(c);
+
   /** Read one RAM section's records up to EOS, applying them. */
   const ramPayload = async (sec: InspectSection): Promise<void> => {
     const pages = counts();
@@ -117,7 +119,8 @@ export async function inspectStream(source: AsyncIterable<Uint8Array>, opts: Ins
     for (let n = 0; ; n++) {
       if ((n & 0xfff) === 0 && opts.signal?.aborted) throw new ProtocolError('inspect', 'aborted', reader.offset);
       const at = reader.offset;
-      const rec: RamRecord = await decode((c) => ram.decode(c));
+      // Synchronous when the record is buffered (the common case): no await per record.
+      const rec: RamRecord = reader.tryDecode(ramDecode) ?? (await reader.decode(ramDecode));
       if (rec.kind === 'eos') return;
       if (rec.kind === 'memSize') {
         if (result.ramBlocks.length > 0) throw new ProtocolError('RAM setup', 'a second RAM setup record', at);
