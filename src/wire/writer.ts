@@ -300,6 +300,15 @@ export class StreamWriter extends BufferSink {
     if (!ok) this.blocked = true;
   }
 
+  /**
+   * Throws if writing can no longer succeed: the stream failed (its error),
+   * or it was destroyed or ended (PostcopyError IO "Channel closed").
+   */
+  check(): void {
+    if (this.failure) throw this.failure;
+    if (this.out.destroyed || this.out.writableEnded) throw new PostcopyError('IO', 'Channel closed');
+  }
+
   /** A promise to await when the stream wants us to wait; undefined otherwise. */
   drain(): Promise<void> | undefined {
     if (this.failure) return Promise.reject(this.failure);

@@ -131,6 +131,14 @@ describe('StreamWriter', () => {
     expect(writes.length).toBeLessThanOrEqual(Math.ceil((1000 * 4104) / (128 * 1024)) + 1);
     expect(Buffer.concat(writes).equals(Buffer.from(ref.view()))).toBe(true);
   });
+  it('check() passes on an open stream and throws "Channel closed" once it is destroyed', () => {
+    const { out } = recorder();
+    const sw = new StreamWriter(out);
+    expect(() => sw.check()).not.toThrow();
+    sw.u8(1);
+    out.destroy();
+    expect(() => sw.check()).toThrow(/Channel closed/);
+  });
   it('waits for drain under backpressure and still delivers every byte', async () => {
     const { out, writes } = recorder(1024);
     const sw = new StreamWriter(out, { batchSize: 4096 });
