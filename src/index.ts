@@ -29,3 +29,7 @@ export type { SourceGuest, EngineRamBlock, PageOps, DeviceSection, PageBits } fr
 export { hotpathPageOps } from './engine/hotpath-ops.js';
 export { jsPageOps } from './engine/page-ops-js.js';
 export { sourceGuestFromMemory, engineBlocks, type GuestControl } from './engine/memory-guest.js';
+/** Control plane: capabilities and parameters with QEMU's rules and texts, statuses, events, MigrationInfo, QMP server. */
+export * from './control/index.js';
+/** Transports: migration URIs, channels with shutdown, listeners, in-memory channel pair. */
+export * from './transport/index.js';
