@@ -119,6 +119,11 @@ export class StatusMachine {
     this.opts.bus?.emit('MIGRATION', { status: 'setup' });
   }
 
+  /** MIGRATION_PASS {pass} after a bitmap sync (source), only with the events capability. */
+  emitPass(pass: number): void {
+    if (this.opts.eventsEnabled?.()) this.opts.bus?.emit('MIGRATION_PASS', { pass });
+  }
+
   /**
    * Start afresh from a terminal state (a new `migrate` after completed,
    * failed or cancelled): back to `none` without an event, as QEMU's

@@ -58,9 +58,13 @@ describe('StatusMachine', () => {
     m.emitSetup();
     expect(seen.map((e) => e.data)).toEqual([{ status: 'setup' }]);
     expect(m.status).toBe('setup');
+    m.emitPass(1);
+    expect(seen).toHaveLength(1);
     toggle(true);
     m.transition('setup', 'active');
-    expect(seen).toHaveLength(2);
+    m.emitPass(2);
+    expect(seen).toHaveLength(3);
+    expect(seen[2]).toMatchObject({ event: 'MIGRATION_PASS', data: { pass: 2 } });
   });
 
   it('waitFor resolves on the target and rejects on abort; reset only from terminal states', async () => {
