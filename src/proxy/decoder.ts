@@ -143,6 +143,7 @@ export async function decodeMainStream(source: AsyncIterable<Uint8Array>, sessio
     }
   }
 
+  const ramDecode = (c: ByteCursor): RamRecord => ram.decode(c);
   const onCommand = (cmd: Command): void => {
     if (cmd.kind === 'postcopyListen') ram.postcopy = true;
     if (cmd.kind === 'postcopyResume') ram.reset();
@@ -205,7 +206,9 @@ export async function decodeMainStream(source: AsyncIterable<Uint8Array>, sessio
     emit({ dir: 'main', kind: s.kind.toUpperCase(), at, end: reader.offset, fields });
     for (;;) {
       const rAt = reader.offset;
-      const rec = await decode((c) => ram.decode(c));
+      // Buffered records decode synchronously: no await (and no microtask) per record.
+      let rec = reader.tryDecode(ramDecode);
+      if (rec === undefined) rec = await reader.decode(ramDecode);
       const { kind, fields: f } = ramItem(rec);
       emit({ dir: 'main', kind, at: rAt, end: reader.offset, fields: f });
       if (rec.kind === 'memSize') for (const b of rec.blocks) session.blocks.set(b.idstr, b.usedLength);
