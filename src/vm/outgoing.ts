@@ -76,6 +76,9 @@ export class Outgoing {
     try {
       parseMigrationUri(uri, 'outgoing');
     } catch (e) {
+      // QEMU 7.2 has already entered setup and ends in failed, without an error-desc.
+      this.connectError = '';
+      this.emitSetupFailed();
       throw new QmpError(e instanceof Error ? e.message : String(e));
     }
     const ac = (this.connecting = new AbortController());
@@ -87,17 +90,20 @@ export class Outgoing {
         this.connecting = undefined;
         this.connectError = ac.signal.aborted ? undefined : e instanceof Error ? e.message : String(e);
         if (this.connectError === undefined) return 'cancelled';
-        // QEMU went setup → failed; the engine never started, so tell the events here.
-        if (this.vm.config.capabilities.events) {
-          this.vm.bus.emit('MIGRATION', { status: 'setup' });
-          this.vm.bus.emit('MIGRATION', { status: 'failed' });
-        }
+        this.emitSetupFailed();
         return 'failed';
       }
       this.connecting = undefined;
       this.channel = ch;
       return this.run(ch);
     })();
+  }
+
+  /** QEMU went setup → failed before the engine started: the events it sent (events capability). */
+  private emitSetupFailed(): void {
+    if (!this.vm.config.capabilities.events) return;
+    this.vm.bus.emit('MIGRATION', { status: 'setup' });
+    this.vm.bus.emit('MIGRATION', { status: 'failed' });
   }
 
   private async run(ch: Channel): Promise<MigrationStatus> {
@@ -156,6 +162,7 @@ export class Outgoing {
   /** query-migrate. */
   queryMigrate(): Record<string, unknown> {
     if (this.connecting) return { status: 'setup' };
+    if (this.connectError === '') return { status: 'failed' };
     if (this.connectError !== undefined) return { status: 'failed', 'error-desc': this.connectError };
     return (this.source?.queryMigrate() ?? {}) as Record<string, unknown>;
   }
