@@ -76,7 +76,7 @@ describe.skipIf(!haveQemu)('QEMU 7.2 → proxy → QEMU 7.2', () => {
     expect(recs.filter((r) => r.kind === 'PAGE').length).toBe(normal);
   }, 120_000);
 
-  it.each(['kill', 'reset'] as const)(
+  it.each(['kill', 'reset', 'blackhole'] as const)(
     'postcopy, cut (%s) on the 3rd REQ_PAGES, both QEMUs pause, recovery through the proxy completes; memory consistent',
     async (mode) => {
       const params: GuestParams = { ...PARAMS, pattern: 'rand' };
@@ -100,6 +100,16 @@ describe.skipIf(!haveQemu)('QEMU 7.2 → proxy → QEMU 7.2', () => {
       await src.qmp.execute('migrate', { uri: proxy.uri });
       await waitMigrate(src, (i) => (i.ram?.['dirty-sync-count'] ?? 0) >= 2, 50_000, 'one pass');
       await src.qmp.execute('migrate-start-postcopy');
+      if (mode === 'blackhole') {
+        // SPEC §13: nobody notices a black-holed link; both sides need migrate-pause.
+        const t = Date.now();
+        while (cuts.length === 0 && Date.now() - t < 20_000) await new Promise((r) => setTimeout(r, 50));
+        await new Promise((r) => setTimeout(r, 2000));
+        expect((await queryMigrate(src)).status).toBe('postcopy-active');
+        expect((await queryMigrate(dst)).status).toBe('postcopy-active');
+        await src.qmp.execute('migrate-pause');
+        await dst.qmp.execute('migrate-pause');
+      }
       await waitMigrate(dst, (i) => i.status === 'postcopy-paused', 20_000, 'destination postcopy-paused');
       await waitMigrate(src, (i) => i.status === 'postcopy-paused', 20_000, 'source postcopy-paused');
       expect(cuts).toHaveLength(1);
