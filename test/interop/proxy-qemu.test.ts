@@ -170,4 +170,37 @@ describe.skipIf(!haveQemu)('QEMU 7.2 → proxy → QEMU 7.2', () => {
     },
     180_000,
   );
+
+  it('cut in the middle of the PACKAGED blob: the QEMU destination fails and exits, the source pauses', async () => {
+    const params: GuestParams = { ...PARAMS, pattern: 'rand' };
+    const src = await start({ params });
+    const dsock = join(src.dir, 'dst.sock');
+    const dst = await start({ params, incoming: `unix:${dsock}` });
+    const proxy = new FaultProxy({ listen: `unix:${join(src.dir, 'proxy.sock')}`, target: `unix:${dsock}`, cuts: [{ trigger: parseCutOn('in-package'), mode: 'kill' }] });
+    proxies.push(proxy);
+    await proxy.listen();
+    const items = collect(proxy);
+    const cuts: ProxyCut[] = [];
+    proxy.on('cut', (c) => cuts.push(c));
+    await src.waitSerial(() => src.lastReportedPass() >= 4, 10_000);
+    await setCapabilities(src, { 'postcopy-ram': true });
+    await setCapabilities(dst, { 'postcopy-ram': true });
+    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 30_000_000, 'downtime-limit': 1 });
+    await src.qmp.execute('migrate', { uri: proxy.uri });
+    await waitMigrate(src, (i) => (i.ram?.['dirty-sync-count'] ?? 0) >= 2, 50_000, 'one pass');
+    await src.qmp.execute('migrate-start-postcopy');
+    const exited = new Promise<number | null>((r) => dst.process.once('exit', (code) => r(code)));
+    const code = await exited;
+    const pkg = items.find((i) => i.kind === 'PACKAGED')!;
+    expect(cuts[0]!.relayed.main).toBe(pkg.end + Math.floor((pkg.fields['length'] as number) / 2));
+    expect(cuts[0]!.late).toBe(0);
+    expect(items.some((i) => i.kind === 'POSTCOPY_LISTEN')).toBe(true);
+    // Before RUNNING every load error is fatal for a QEMU destination (SPEC §6.3).
+    expect(code).toBe(1);
+    const half = Math.floor((pkg.fields['length'] as number) / 2);
+    expect(dst.stderr()).toContain(`CMD_PACKAGED: Buffer receive fail ret=${half} length=${pkg.fields['length']}`);
+    const st = await waitMigrate(src, (i) => i.status !== 'postcopy-active', 20_000, 'source leaves postcopy-active').catch((e: Error) => ({ status: e.message }));
+    console.log(`in-package cut: destination exit ${code}; source ${JSON.stringify(st.status)}; destination stderr: ${dst.stderr().trim().split('\n').slice(-2).join(' | ')}`);
+    expect(st.status).toBe('postcopy-paused');
+  }, 120_000);
 });
