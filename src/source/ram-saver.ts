@@ -4,8 +4,9 @@
  * pages, XBZRLE with the page cache, and an urgent queue served before the
  * background scan (postcopy page requests will use it).
  */
-import { ENCODING_FLAG_XBZRLE, RamFlag, TARGET_PAGE_SIZE } from '../wire/constants.js';
-import { writePageHeader, type Sink } from '../engine/codec.js';
+import { TARGET_PAGE_SIZE } from '../wire/constants.js';
+import { RamRecordEncoder } from '../wire/ram.js';
+import type { WireSink } from '../wire/writer.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 import { XbzrleCache, type XbzrleCacheStats } from './xbzrle-cache.js';
 
@@ -62,8 +63,8 @@ export class RamSaver {
   /** Scan position. */
   private blockIdx = 0;
   private pageIdx = 0;
-  /** Last block a page record was written for (the CONTINUE rule), -1 = none. */
-  lastSentBlock = -1;
+  /** Page-record encoder: applies the CONTINUE rule (its last block). */
+  readonly enc = new RamRecordEncoder();
   /** True once a whole pass wrapped around (XBZRLE may start). */
   completeRound = false;
   xbzrleEnabled = false;
@@ -116,7 +117,7 @@ export class RamSaver {
 
   /** Forgets the last block so the next record carries its idstr. */
   resetLastBlock(): void {
-    this.lastSentBlock = -1;
+    this.enc.reset();
   }
 
   /** Queues a page to be sent before the background scan. */
@@ -128,7 +129,7 @@ export class RamSaver {
    * Finds and sends the next dirty page (urgent queue first). Returns the
    * number of pages handled, 0 when a full pass found nothing dirty.
    */
-  sendNext(w: Sink, lastStage: boolean): number {
+  sendNext(w: WireSink, lastStage: boolean): number {
     while (this.urgent.length > 0) {
       const u = this.urgent.shift()!;
       if (this.testAndClear(u.block, u.page)) {
@@ -169,36 +170,36 @@ export class RamSaver {
   }
 
   /** Writes one page (ZERO, XBZRLE or PAGE). Returns bytes written. */
-  private savePage(w: Sink, b: number, p: number, lastStage: boolean): number {
+  private savePage(w: WireSink, b: number, p: number, lastStage: boolean): number {
     const block = this.blocks[b]!;
     const off = p * TP;
     const mem = block.bytes;
-    const idstr = this.lastSentBlock === b ? undefined : block.idstr;
+    const idstr = block.idstr;
+    // Bytes of the record header: the offset word, plus the idstr unless CONTINUE.
+    const head = this.enc.lastBlock === idstr ? 8 : 9 + Buffer.byteLength(idstr, 'latin1');
     this.counters.targetPageCount++;
     let n: number;
     if (this.ops.isZeroPage(mem, off)) {
-      n = writePageHeader(w, off, RamFlag.ZERO, idstr) + 1;
-      w.u8(0);
+      this.enc.zero(w, idstr, off);
+      n = head + 1;
       this.counters.duplicate++;
       if (this.xbzrleEnabled && this.cache) this.cache.insertZero(block.ramAddr + off, this.generation);
     } else {
       let src = mem;
       let srcOff = off;
       if (this.xbzrleEnabled && this.cache) {
-        const r = this.saveXbzrle(w, block, off, idstr, lastStage);
+        const r = this.saveXbzrle(w, block, off, head, lastStage);
         if (r.sent >= 0) {
-          this.lastSentBlock = b;
           this.counters.pageBytes += r.sent;
           return r.sent;
         }
         src = r.src;
         srcOff = r.srcOff;
       }
-      n = writePageHeader(w, off, RamFlag.PAGE, idstr) + TP;
-      w.bytes(src.subarray(srcOff, srcOff + TP));
+      this.enc.page(w, idstr, off, src.subarray(srcOff, srcOff + TP));
+      n = head + TP;
       this.counters.normal++;
     }
-    this.lastSentBlock = b;
     this.counters.pageBytes += n;
     return n;
   }
@@ -208,10 +209,10 @@ export class RamSaver {
    * unchanged page skipped); -1: send a normal page from src/srcOff.
    */
   private saveXbzrle(
-    w: Sink,
+    w: WireSink,
     block: EngineRamBlock,
     off: number,
-    idstr: string | undefined,
+    head: number,
     lastStage: boolean,
   ): { sent: number; src: Uint8Array; srcOff: number } {
     const cache = this.cache!;
@@ -242,11 +243,8 @@ export class RamSaver {
       this.xbzrle.bytes += TP;
       return { sent: -1, src, srcOff };
     }
-    const h = writePageHeader(w, off, RamFlag.XBZRLE, idstr);
-    w.u8(ENCODING_FLAG_XBZRLE);
-    w.be16(len);
-    w.bytes(this.encoded.subarray(0, len));
-    const total = h + 3 + len;
+    this.enc.xbzrle(w, block.idstr, off, this.encoded.subarray(0, len));
+    const total = head + 3 + len;
     this.xbzrle.bytes += total - 8;
     return { sent: total, src, srcOff };
   }

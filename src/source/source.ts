@@ -8,20 +8,13 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { setImmediate as yieldNow } from 'node:timers/promises';
-import { MigCmd, PingValue, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, RamFlag, SectionType, TARGET_PAGE_SIZE } from '../wire/constants.js';
+import { PingValue, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, TARGET_PAGE_SIZE } from '../wire/constants.js';
 import { PostcopyError } from '../errors.js';
-import { ChannelReader, ChannelWriter } from '../engine/bytes.js';
-import {
-  vmdescJson,
-  writeCommand,
-  writeFooter,
-  writeHeader,
-  writePing,
-  writeRamSetup,
-  writeSectionPart,
-  writeSectionStart,
-  writeVmdesc,
-} from '../engine/codec.js';
+import { ChannelReader } from '../engine/bytes.js';
+import { vmdescJson } from '../engine/codec.js';
+import { StreamWriter } from '../wire/writer.js';
+import { encodeConfiguration, encodeFooter, encodeHeader, encodeSection } from '../wire/stream.js';
+import { encodeCommand } from '../wire/command.js';
 import type { DeviceSection, PageOps, SourceGuest } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
 import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
@@ -81,7 +74,7 @@ export class MigrationSource extends EventEmitter {
   readonly statusPort: StatusPort;
   private readonly ops: PageOps;
   private saver: RamSaver | undefined;
-  private writer: ChannelWriter | undefined;
+  private writer: StreamWriter | undefined;
   private channel: Duplex | undefined;
   private rp: SourceReturnPath | undefined;
   private errorDesc: string | undefined;
@@ -232,31 +225,33 @@ export class MigrationSource extends EventEmitter {
   }
 
   private async run(channel: Duplex, opts: MigrateOptions): Promise<void> {
-    const w = (this.writer = new ChannelWriter(channel));
+    const w = (this.writer = new StreamWriter(channel));
     const caps = this.capabilities;
     if (caps.returnPath) {
       this.rp = new SourceReturnPath(new ChannelReader(channel), { onPageRequest: (req) => this.queuePageRequest(req) });
     }
-    writeHeader(w, opts.machineName ?? 'none');
+    encodeHeader(w);
+    encodeConfiguration(w, { machineName: opts.machineName ?? 'none' });
     if (this.rp) {
-      writeCommand(w, MigCmd.OPEN_RETURN_PATH);
-      writePing(w, PingValue.AFTER_OPEN_RETURN_PATH);
+      encodeSection(w, { kind: 'command', command: { kind: 'openReturnPath' } });
+      encodeSection(w, { kind: 'command', command: { kind: 'ping', value: PingValue.AFTER_OPEN_RETURN_PATH } });
     }
     const blocks = this.guest.blocks;
     const saver = (this.saver = new RamSaver(blocks, this.ops, caps.xbzrle, this.parameters.xbzrleCacheSize));
-    writeSectionStart(w, SectionType.START, RAM_SECTION_ID, RAM_SECTION_IDSTR, 0, RAM_SECTION_VERSION);
-    writeRamSetup(w, blocks);
-    writeFooter(w, RAM_SECTION_ID);
+    encodeSection(w, { kind: 'start', sectionId: RAM_SECTION_ID, idstr: RAM_SECTION_IDSTR, instanceId: 0, versionId: RAM_SECTION_VERSION });
+    saver.enc.memSize(w, blocks);
+    saver.enc.eos(w);
+    encodeFooter(w, RAM_SECTION_ID);
     // QEMU's ram_init_bitmaps: everything dirty, then the first sync.
     saver.setAllDirty();
     this.guest.startDirtyLog?.();
-    this.rates.start(now(), w.bytesWritten, 0, this.parameters.downtimeLimit);
+    this.rates.start(now(), w.transferred, 0, this.parameters.downtimeLimit);
     this.bitmapSync();
-    await w.drain();
+    await w.flush();
     this.checkRunning();
     this.setupTime = now() - this.startTime;
     if (!this.statusPort.transition('setup', 'active')) this.checkRunning();
-    this.rates.start(now(), w.bytesWritten, this.totalPages(), this.parameters.downtimeLimit);
+    this.rates.start(now(), w.transferred, this.totalPages(), this.parameters.downtimeLimit);
 
     for (;;) {
       this.checkRunning();
@@ -281,7 +276,7 @@ export class MigrationSource extends EventEmitter {
   private async iterate(): Promise<void> {
     const w = this.writer!;
     const saver = this.saver!;
-    writeSectionPart(w, SectionType.PART, RAM_SECTION_ID);
+    encodeSection(w, { kind: 'part', sectionId: RAM_SECTION_ID });
     const t0 = now();
     let slice = t0;
     let i = 0;
@@ -293,23 +288,23 @@ export class MigrationSource extends EventEmitter {
         const t = now();
         if (t - t0 > MAX_WAIT_MS) break;
         if (t - slice > YIELD_EVERY_MS) {
-          await w.drain();
+          await w.flush();
           await yieldNow();
           this.checkRunning();
           slice = now();
         }
       }
     }
-    w.be64(RamFlag.EOS);
-    writeFooter(w, RAM_SECTION_ID);
-    await w.drain();
+    saver.enc.eos(w);
+    encodeFooter(w, RAM_SECTION_ID);
+    await w.flush();
     await yieldNow();
   }
 
   private rateLimited(): boolean {
     const max = this.parameters.maxBandwidth;
     if (max <= 0 || max >= Number.MAX_SAFE_INTEGER) return false;
-    return this.writer!.bytesWritten - this.rates.iterBytes >= max / XFER_LIMIT_RATIO;
+    return this.writer!.transferred - this.rates.iterBytes >= max / XFER_LIMIT_RATIO;
   }
 
   /** Sleeps out the window when its budget is spent, then updates the counters. */
@@ -329,7 +324,7 @@ export class MigrationSource extends EventEmitter {
       }
     }
     if (now() >= this.rates.iterStart + BUFFER_DELAY_MS) {
-      this.rates.updateCounters(now(), this.writer!.bytesWritten, this.totalPages(), this.saver!.dirtyPages, this.parameters.downtimeLimit);
+      this.rates.updateCounters(now(), this.writer!.transferred, this.totalPages(), this.saver!.dirtyPages, this.parameters.downtimeLimit);
     }
   }
 
@@ -341,7 +336,7 @@ export class MigrationSource extends EventEmitter {
     saver.recount();
     this.dirtySyncCount++;
     saver.generation = this.dirtySyncCount;
-    const period = this.rates.onSync(now(), newly, this.writer!.bytesWritten, saver, this.capabilities.xbzrle);
+    const period = this.rates.onSync(now(), newly, this.writer!.transferred, saver, this.capabilities.xbzrle);
     if (period && this.capabilities.autoConverge) this.throttle.onPeriod(period.xfer, period.dirty);
     if (this.capabilities.events) this.emit('MIGRATION_PASS', { pass: this.dirtySyncCount });
   }
@@ -353,7 +348,7 @@ export class MigrationSource extends EventEmitter {
     this.downtimeStart = now();
     await this.guest.stop();
     this.guestStopped = true;
-    this.precopyBytes = w.bytesWritten;
+    this.precopyBytes = w.transferred;
     if (this.capabilities.pauseBeforeSwitchover) {
       this.statusPort.transition('active', 'pre-switchover');
       await new Promise<void>((r) => (this.continueResolve = r));
@@ -363,31 +358,31 @@ export class MigrationSource extends EventEmitter {
     }
     this.checkRunning();
     this.bitmapSync();
-    writeSectionPart(w, SectionType.END, RAM_SECTION_ID);
+    encodeSection(w, { kind: 'end', sectionId: RAM_SECTION_ID });
     let i = 0;
     let slice = now();
     while (saver.sendNext(w, true) !== 0) {
       if ((++i & (PAGES_PER_TIME_CHECK - 1)) === 0 && now() - slice > YIELD_EVERY_MS) {
-        await w.drain();
+        await w.flush();
         await yieldNow();
         this.checkRunning();
         slice = now();
       }
     }
-    w.be64(RamFlag.EOS);
-    writeFooter(w, RAM_SECTION_ID);
+    saver.enc.eos(w);
+    encodeFooter(w, RAM_SECTION_ID);
     const devs = typeof opts.devices === 'function' ? opts.devices() : (opts.devices ?? []);
     let id = RAM_SECTION_ID + 1;
     for (const d of devs) {
-      writeSectionStart(w, SectionType.FULL, id, d.idstr, d.instanceId, d.versionId);
+      encodeSection(w, { kind: 'full', sectionId: id, idstr: d.idstr, instanceId: d.instanceId, versionId: d.versionId });
       w.bytes(d.payload);
-      writeFooter(w, id);
+      encodeFooter(w, id);
       id++;
     }
-    w.u8(SectionType.EOF);
-    if (opts.vmdesc ?? true) writeVmdesc(w, vmdescJson(devs));
-    await w.drain();
-    this.downtimeBytes = w.bytesWritten - this.precopyBytes;
+    encodeSection(w, { kind: 'eof' });
+    if (opts.vmdesc ?? true) encodeSection(w, { kind: 'vmdesc', json: vmdescJson(devs) });
+    await w.flush();
+    this.downtimeBytes = w.transferred - this.precopyBytes;
     this.throttle.stop();
     this.guest.stopDirtyLog?.();
     if (this.rp) {
@@ -403,7 +398,7 @@ export class MigrationSource extends EventEmitter {
     this.totalTime = end - this.startTime;
     this.downtime = end - this.downtimeStart;
     const transferTime = this.totalTime - this.setupTime;
-    if (transferTime > 0) this.rates.mbps = (w.bytesWritten * 8) / transferTime / 1000;
+    if (transferTime > 0) this.rates.mbps = (w.transferred * 8) / transferTime / 1000;
     this.statusPort.transition(this.capabilities.pauseBeforeSwitchover ? 'device' : 'active', 'completed');
     const ch = this.channel as Duplex;
     ch.end();
@@ -436,7 +431,7 @@ export class MigrationSource extends EventEmitter {
   /** MigrationStats ("ram"), in QEMU's member order. */
   ramStats(): MigrationStats {
     const s = this.saver;
-    const transferred = this.writer?.bytesWritten ?? 0;
+    const transferred = this.writer?.transferred ?? 0;
     const stopped = this.guestStopped || this.status === 'completed';
     const normal = s?.counters.normal ?? 0;
     return Object.assign(emptyMigrationStats(TP), {
