@@ -370,8 +370,17 @@ export class FaultProxy extends EventEmitter {
       if (why.mode === 'blackhole') {
         s.pause();
       } else if (why.mode === 'reset') {
-        if (s.remoteFamily && typeof s.resetAndDestroy === 'function') s.resetAndDestroy();
-        else s.destroy(); // unix sockets have no RST: the peer sees the close
+        // Bytes already relayed leave Node's write queue first, so "cut after N bytes" holds.
+        const reset = (): void => {
+          if (s.remoteFamily && typeof s.resetAndDestroy === 'function') s.resetAndDestroy();
+          else s.destroy(); // unix sockets have no RST: the peer sees the close
+        };
+        s.on('data', () => undefined);
+        if (s.writableLength > 0 && !s.destroyed) {
+          s.once('drain', reset);
+          s.once('close', () => s.removeListener('drain', reset));
+          setTimeout(reset, 1000).unref();
+        } else reset();
       } else {
         s.on('data', () => undefined);
         s.end();

@@ -94,6 +94,41 @@ describe('postcopy proxy CLI', () => {
   });
 });
 
+describe('postcopy proxy LISTEN TARGET (running)', () => {
+  it('relays, prints items, cuts after BYTES, writes the record, serves --qmp, stops on SIGINT', async () => {
+    const t = await sink();
+    const rec = path.join(tmp, 'run.mpk');
+    const listen = `unix:${path.join(tmp, 'run.sock')}`;
+    let out = '';
+    let err = '';
+    vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void (out += a.join(' ') + '\n'));
+    vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => void (err += a.join(' ') + '\n'));
+    const running = main(['proxy', listen, t.uri, '--cut-after', '1k', '--mode', 'reset', '--record', rec, '--qmp', `unix:${path.join(tmp, 'run-qmp.sock')}`]);
+    await until(() => err.includes('postcopy proxy: unix:'));
+    const qmp = await QmpClient.connect({ path: path.join(tmp, 'run-qmp.sock') });
+    const c = net.connect(listen.slice(5));
+    c.on('error', () => undefined);
+    c.write(postcopyStream().bytes);
+    await until(() => err.includes('CUT (reset, bytes) after main 1024'));
+    await until(() => t.received() >= 1024);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(t.received()).toBe(1024);
+    const q = await qmp.execute<{ cuts: unknown[] }>('query-proxy');
+    expect(q.cuts).toHaveLength(1);
+    qmp.close();
+    process.emit('SIGINT');
+    const code = await running;
+    vi.restoreAllMocks();
+    expect(code).toBe(0);
+    expect(out).toMatch(/#1 main @0 HEADER \{"version":3\}/);
+    expect(out).toContain('OPEN_RETURN_PATH');
+    expect(out).not.toContain(' PAGE ');
+    expect(err).toMatch(/1 connection\(s\), main \d+ bytes, rp 0 bytes, 1 cut\(s\)/);
+    const p = await run(['proxy', '--print', rec]);
+    expect(p.out).toContain('#1 proxy CUT mode="reset" reason="bytes" main=1024');
+  });
+});
+
 describe('control socket', () => {
   it('query-proxy, cut-on (armed at run time), cut, and PROXY_* events', async () => {
     const t = await sink();

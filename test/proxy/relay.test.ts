@@ -171,10 +171,10 @@ describe('cut modes as the peers see them', () => {
 });
 
 describe('cuts at exact points', () => {
-  async function runCut(spec: Parameters<typeof parseCutOn>[0] | number, position?: 'before' | 'after') {
+  async function runCut(spec: Parameters<typeof parseCutOn>[0] | number, position?: 'before' | 'after', mode: 'kill' | 'reset' = 'kill') {
     const t = await target('tcp');
     const trigger = typeof spec === 'number' ? { type: 'bytes' as const, bytes: spec } : parseCutOn(spec);
-    const p = await proxy({ target: t.uri, cuts: [{ trigger, mode: 'kill', ...(position ? { position } : {}) }] });
+    const p = await proxy({ target: t.uri, cuts: [{ trigger, mode, ...(position ? { position } : {}) }] });
     const items: ProxyItem[] = [];
     p.on('item', (i) => items.push(i));
     const cuts: ProxyCut[] = [];
@@ -191,12 +191,12 @@ describe('cuts at exact points', () => {
     srv.write(rp);
     c.write(bytes);
     await until(() => cuts.length === 1);
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 100));
     return { bytes, rp, items, cut: cuts[0]!, received: total(t.received), back: total(back) };
   }
 
-  it('--cut-after BYTES: the destination gets exactly BYTES bytes', async () => {
-    const r = await runCut(1234);
+  it.each(['kill', 'reset'] as const)('--cut-after BYTES (%s): the destination gets exactly BYTES bytes', async (mode) => {
+    const r = await runCut(1234, undefined, mode);
     expect(r.received.length).toBe(1234);
     expect(Buffer.compare(r.received, Buffer.from(r.bytes.subarray(0, 1234)))).toBe(0);
     expect(r.cut.reason).toBe('bytes');
