@@ -80,6 +80,11 @@ describe('main stream decoder', () => {
     expect(items[5]!.fields).toMatchObject({ block: 'ram', offset: 0x1000, continued: true });
   });
 
+  it('precopy without a VMDESCRIPTION: device sections are split when the stream ends', async () => {
+    const items = await mainItems(precopyStream({ vmdesc: null }).bytes, 333);
+    expect(kinds(items).slice(-3)).toEqual(['FULL', 'FULL', 'EOF']);
+  });
+
   it('bad bytes reject with a ProtocolError naming the offset', async () => {
     const { bytes } = precopyStream();
     const bad = bytes.slice();

@@ -126,6 +126,18 @@ describe('relay', () => {
   });
 });
 
+describe('target unreachable', () => {
+  it('the incoming connection is closed and connect-error names the target', async () => {
+    const p = await proxy({ target: `unix:${join(dir, 'nobody.sock')}` });
+    const errs: Error[] = [];
+    p.on('connect-error', (e) => errs.push(e));
+    const c = await connectTo(p.uri);
+    await new Promise<void>((r) => c.once('close', () => r()));
+    expect(errs[0]?.message).toMatch(/connection 1: cannot connect to unix:.*nobody\.sock: .*ENOENT/);
+    expect(p.query().connections[0]!.state).toBe('closed');
+  });
+});
+
 describe('cut modes as the peers see them', () => {
   const observe = (s: net.Socket): { what: string[] } => {
     const o = { what: [] as string[] };
@@ -192,6 +204,8 @@ describe('cuts at exact points', () => {
     c.write(bytes);
     await until(() => cuts.length === 1);
     await new Promise((r) => setTimeout(r, 100));
+    // The decoders stop at the cut without reporting the truncated item as an error.
+    expect(p.query().decodeErrors).toEqual([]);
     return { bytes, rp, items, cut: cuts[0]!, received: total(t.received), back: total(back) };
   }
 
