@@ -18,6 +18,7 @@
 import { createCipheriv, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { printTable } from './lib/timing.js';
 import {
@@ -297,6 +298,8 @@ async function main(): Promise<number> {
   }
   const t = Date.now();
   console.log(`bench:migrate — ${RAM_BYTES / MiB} MiB, ${ROUNDS} rounds interleaved, stopped sources, tcp loopback, max-bandwidth ${MAX_BANDWIDTH}`);
+  const load = (): string => os.loadavg().map((l) => l.toFixed(1)).join(' ');
+  console.log(`load average ${load()} on ${os.cpus().length} CPUs: on a loaded host wall-clock includes waiting for a CPU; the usr+sys columns do not`);
   const all: Array<{ kind: string; rs: RunResult[] }> = [];
   let random: { rs: RunResult[]; srcFile: string; ref: string } | undefined;
   if (only !== 'zero') {
@@ -321,7 +324,7 @@ async function main(): Promise<number> {
     const o = medians(random.rs, 'ours');
     if (argv.includes('--profile') || o.wall > q.wall) await profileOurs(random.srcFile, random.ref);
   }
-  console.log(`\nbench:migrate done in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+  console.log(`\nload average ${load()}; bench:migrate done in ${((Date.now() - t) / 1000).toFixed(1)} s`);
   return failures ? 1 : 0;
 }
 
