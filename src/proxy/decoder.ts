@@ -6,7 +6,8 @@
  */
 
 import { ProtocolError, TruncatedError } from '../errors.js';
-import { parseDeviceItems, parseDeviceTail, findTailVmdesc } from '../inspect/devices.js';
+import { parseDeviceTail, findTailVmdesc } from '../inspect/devices.js';
+import { splitPackage } from './package.js';
 import type { InspectSection } from '../inspect/types.js';
 import { type Command } from '../wire/command.js';
 import {
@@ -175,19 +176,9 @@ export async function decodeMainStream(source: AsyncIterable<Uint8Array>, sessio
         if (len > MAX_PACKAGED) throw new ProtocolError('MIG_CMD PACKAGED', `package of ${len} bytes exceeds the proxy's limit`, at);
         const blobAt = reader.offset;
         const blob = await reader.read(len, 'PACKAGED blob');
-        const items = parseDeviceItems(blob, {
-          base: blobAt,
-          packaged: true,
-          onCommand: (c) => {
-            if (c.name === 'POSTCOPY_LISTEN') ram.postcopy = true;
-          },
-        });
-        for (const sec of items.sections) {
-          const it = sectionItem(sec, true);
-          if (sec.kind === 'command') {
-            const cmd = items.commands.find((c) => c.offset === sec.offset);
-            if (cmd) it.fields = { ...(JSON.parse(JSON.stringify(cmd.args)) as Record<string, ProxyFieldValue>), ...it.fields };
-          }
+        const items = splitPackage(blob, blobAt);
+        for (const it of items) {
+          if (it.kind === 'POSTCOPY_LISTEN') ram.postcopy = true;
           emit(it);
         }
       }

@@ -87,7 +87,7 @@ class Conn {
   state: ConnState = 'connecting';
   main!: Pipe;
   rp!: Pipe;
-  matcher: ConnectionMatcher;
+  readonly matcher: ConnectionMatcher;
   constructor(
     readonly id: number,
     readonly client: net.Socket,
@@ -139,9 +139,8 @@ export class FaultProxy extends EventEmitter {
 
   /** Add a cut rule at run time (applies to current and later connections). */
   addCut(rule: CutRule): void {
-    const r = new RuleState(rule);
-    this.rules.push(r);
-    for (const c of this.conns) c.matcher = new ConnectionMatcher(this.rules);
+    // Matchers share this.rules: open connections see the rule at once and count from now.
+    this.rules.push(new RuleState(rule));
     for (const c of this.conns) if (c.state === 'open') this.applyByteLimit(c);
   }
 
