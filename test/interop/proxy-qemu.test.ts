@@ -135,6 +135,13 @@ describe.skipIf(!haveQemu)('QEMU 7.2 → proxy → QEMU 7.2', () => {
       expect(pkgInner[0]).toBe('POSTCOPY_LISTEN');
       expect(pkgInner.slice(-2)).toEqual(['PING', 'POSTCOPY_RUN']);
       expect(pkgInner.filter((k) => k === 'FULL').length).toBeGreaterThan(10);
+      // The split covers the whole blob: RUN is its last item and ends where the blob ends.
+      const pkg = c1.find((i) => i.kind === 'PACKAGED')!;
+      const inner = c1.filter((i) => i.fields['packaged']);
+      expect(inner[0]!.at).toBe(pkg.end);
+      expect(inner[inner.length - 1]!.end).toBe(pkg.end + (pkg.fields['length'] as number));
+      const idstrs = inner.filter((i) => i.kind === 'FULL').map((i) => `${i.fields['idstr']}/${i.fields['instanceId']}`);
+      expect(new Set(idstrs).size).toBe(idstrs.length);
       const pongs = c1.filter((i) => i.dir === 'rp' && i.kind === 'PONG').map((i) => i.fields['value']);
       expect([...pongs].sort()).toEqual([1, 2, 3, 4]);
       expect(count(items, 1, 'rp', 'REQ_PAGES_ID')).toBeGreaterThanOrEqual(1);
