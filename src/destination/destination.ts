@@ -23,7 +23,8 @@ import {
   RpMsg,
   SectionType,
 } from '../wire/constants.js';
-import { ChannelReader, ChannelWriter } from '../engine/bytes.js';
+import { ChannelReader } from '../engine/bytes.js';
+import { StreamWriter } from '../wire/writer.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
 import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
@@ -63,7 +64,7 @@ export class MigrationDestination extends EventEmitter {
   readonly statusPort: StatusPort;
   private readonly ram: RamLoader;
   private readonly opts: DestinationOptions;
-  private rpWriter: ChannelWriter | undefined;
+  private rpWriter: StreamWriter | undefined;
   private errorDesc: string | undefined;
   /** Run state from the globalstate section, if one was received. */
   globalState: string | undefined;
@@ -162,7 +163,7 @@ export class MigrationDestination extends EventEmitter {
     w.be16(RpMsg.SHUT);
     w.be16(4);
     w.be32(value);
-    await w.drain();
+    await w.flush();
   }
 
   private applyRunState(): void {
@@ -266,7 +267,7 @@ export class MigrationDestination extends EventEmitter {
     switch (cmd) {
       case MigCmd.OPEN_RETURN_PATH:
         if (this.rpWriter) this.warnings.push('CMD_OPEN_RETURN_PATH called when RP already open');
-        else this.rpWriter = new ChannelWriter(channel, 4096);
+        else this.rpWriter = new StreamWriter(channel, { batchSize: 4096 });
         return;
       case MigCmd.PING: {
         const v = dv.getUint32(0);
@@ -276,7 +277,7 @@ export class MigrationDestination extends EventEmitter {
         w.be16(RpMsg.PONG);
         w.be16(4);
         w.be32(v);
-        await w.drain();
+        await w.flush();
         return;
       }
       case MigCmd.POSTCOPY_ADVISE: {

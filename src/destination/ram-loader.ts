@@ -140,7 +140,8 @@ export class RamLoader {
       }
       case RamFlag.PAGE:
         if (r.available < TP) await r.need(TP, 'page');
-        r.copyTo(mem, addr, TP);
+        // Buffered by now: one copy, straight from the received chunks into guest memory.
+        await r.readInto(mem.subarray(addr, addr + TP), 'page');
         this.counters.normal++;
         break;
       default: {
@@ -150,7 +151,7 @@ export class RamLoader {
         const len = r.be16();
         if (len > TP) this.fail('Failed to load XBZRLE page - len overflow!', at);
         await r.need(len, 'xbzrle data');
-        r.copyTo(this.xbuf, 0, len);
+        await r.readInto(this.xbuf.subarray(0, len), 'xbzrle data');
         if (this.ops.xbzrleDecode(this.xbuf.subarray(0, len), mem, addr) < 0) {
           this.fail('Failed to load XBZRLE page - decode error!', at);
         }
