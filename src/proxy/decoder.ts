@@ -119,7 +119,13 @@ function sectionItem(s: InspectSection, packaged: boolean): ProxyItem {
  * configuration). Resolves when the stream ends; rejects with a
  * ProtocolError on bytes it cannot decode (the caller logs it and stops).
  */
-export async function decodeMainStream(source: AsyncIterable<Uint8Array>, session: ProxySession, emit: ItemSink): Promise<void> {
+export async function decodeMainStream(
+  source: AsyncIterable<Uint8Array>,
+  session: ProxySession,
+  emit: ItemSink,
+  /** Called with the stream offset up to which every byte has been decoded (after section footers). */
+  progress?: (offset: number) => void,
+): Promise<void> {
   const reader = new StreamReader(source);
   const ram = session.ram;
   const decode = <T>(fn: (c: ByteCursor) => T): T | Promise<T> => {
@@ -206,6 +212,7 @@ export async function decodeMainStream(source: AsyncIterable<Uint8Array>, sessio
       if (rec.kind === 'eos') break;
     }
     await decode((c) => (decodeFooter(c, s.sectionId, idstr), true));
+    progress?.(reader.offset);
   }
 }
 

@@ -67,6 +67,9 @@ export interface FaultProxyEvents {
   'connect-error': [error: Error, conn: number];
 }
 
+/** Longest time bytes are held back for an unfinished item (see FaultProxy.flush). */
+const HOLD_MS = 200;
+
 class Pipe {
   received = 0;
   relayed = 0;
@@ -75,6 +78,10 @@ class Pipe {
   limitCut: Omit<ProxyCut, 'relayed' | 'late' | 'conn'> | undefined;
   pending: Uint8Array[] = [];
   scheduled = false;
+  /** Every byte before this offset has been decoded (Infinity once decoding stopped). */
+  committed = 0;
+  /** Bytes held back for the decoder are released at the latest this long after being held. */
+  holdTimer: NodeJS.Timeout | undefined;
   readonly queue = new ChunkQueue();
   constructor(
     readonly dir: ProxyDirection,
@@ -271,24 +278,17 @@ export class FaultProxy extends EventEmitter {
       p.received += chunk.length;
       this.stats.bytes[p.dir] += chunk.length;
       p.queue.push(chunk);
-      if (p.pending.length > 0 || c.matcher.armedFor(p.dir)) {
+      if (p.pending.length > 0 || (this.options.decode !== false && c.matcher.armedFor(p.dir))) {
         p.pending.push(chunk);
-        if (!p.scheduled) {
-          p.scheduled = true;
-          // Decoding runs in microtasks: by now every complete item of this chunk has been seen.
-          setImmediate(() => {
-            p.scheduled = false;
-            while (p.pending.length > 0 && c.state === 'open') this.forward(c, p, p.pending.shift()!);
-          });
-        }
+        this.schedule(c, p);
       } else this.forward(c, p, chunk);
     });
     p.from.on('end', () => {
       p.queue.end();
       if (c.state !== 'open') return;
       const finish = (): void => {
-        if (p.pending.length > 0) return void setImmediate(finish);
-        p.to.end();
+        if (p.pending.length > 0 && c.state === 'open') return void setTimeout(finish, 1);
+        if (c.state === 'open') p.to.end();
       };
       finish();
     });
@@ -305,6 +305,48 @@ export class FaultProxy extends EventEmitter {
         this.emit('close', c.id);
       }
     });
+  }
+
+  private schedule(c: Conn, p: Pipe): void {
+    if (p.scheduled) return;
+    p.scheduled = true;
+    // Decoding runs in microtasks: by the time this runs, every complete item received has been seen.
+    setImmediate(() => {
+      p.scheduled = false;
+      this.flush(c, p, false);
+    });
+  }
+
+  /**
+   * Relay pending bytes. While a kind rule is armed for this direction, bytes
+   * of an item the decoder has not finished are held back (so a cut "before"
+   * or "after" an item is exact even when the item spans many chunks); a
+   * decoder waiting for bytes that do not come releases them after HOLD_MS.
+   */
+  private flush(c: Conn, p: Pipe, force: boolean): void {
+    const hold = !force && c.matcher.armedFor(p.dir);
+    const upTo = hold ? p.committed : Infinity;
+    while (p.pending.length > 0 && c.state === 'open') {
+      const room = upTo - p.relayed;
+      if (room <= 0) break;
+      const chunk = p.pending[0]!;
+      if (chunk.length <= room) {
+        p.pending.shift();
+        this.forward(c, p, chunk);
+      } else {
+        p.pending[0] = chunk.subarray(room);
+        this.forward(c, p, chunk.subarray(0, room));
+      }
+    }
+    if (p.pending.length === 0 || c.state !== 'open') {
+      clearTimeout(p.holdTimer);
+      p.holdTimer = undefined;
+    } else if (!p.holdTimer) {
+      p.holdTimer = setTimeout(() => {
+        p.holdTimer = undefined;
+        this.flush(c, p, true);
+      }, HOLD_MS);
+    }
   }
 
   private forward(c: Conn, p: Pipe, chunk: Uint8Array): void {
@@ -326,7 +368,13 @@ export class FaultProxy extends EventEmitter {
   }
 
   private startDecoder(c: Conn, p: Pipe): void {
+    const advance = (offset: number): void => {
+      if (offset <= p.committed) return;
+      p.committed = offset;
+      if (p.pending.length > 0) this.schedule(c, p);
+    };
     const onItem = (item: ProxyItem): void => {
+      advance(item.end);
       const counts = this.stats.items[item.dir];
       counts[item.kind] = (counts[item.kind] ?? 0) + 1;
       this.recorder?.write({ t: this.now(), dir: item.dir, conn: c.id, kind: item.kind, fields: { ...item.fields, at: item.at } });
@@ -340,9 +388,10 @@ export class FaultProxy extends EventEmitter {
         this.setLimit(c, c.pipe(item.dir), m.offset, { mode: m.rule.rule.mode, reason, rule: m.rule, item });
       }
     };
-    const run = p.dir === 'main' ? decodeMainStream(p.queue, this.session, onItem) : decodeReturnPath(p.queue, onItem);
-    run.catch((e: unknown) => {
+    const run = p.dir === 'main' ? decodeMainStream(p.queue, this.session, onItem, advance) : decodeReturnPath(p.queue, onItem);
+    run.then(() => advance(Infinity), (e: unknown) => {
       p.queue.drop();
+      advance(Infinity);
       const err = e instanceof Error ? e : new Error(String(e));
       // A stream that ends mid-item because of a cut or a peer closing is not a decode error.
       if (isTruncation(err) && c.state !== 'open') return;

@@ -183,7 +183,7 @@ describe('cut modes as the peers see them', () => {
 });
 
 describe('cuts at exact points', () => {
-  async function runCut(spec: Parameters<typeof parseCutOn>[0] | number, position?: 'before' | 'after', mode: 'kill' | 'reset' = 'kill') {
+  async function runCut(spec: Parameters<typeof parseCutOn>[0] | number, position?: 'before' | 'after', mode: 'kill' | 'reset' = 'kill', trickle = false) {
     const t = await target('tcp');
     const trigger = typeof spec === 'number' ? { type: 'bytes' as const, bytes: spec } : parseCutOn(spec);
     const p = await proxy({ target: t.uri, cuts: [{ trigger, mode, ...(position ? { position } : {}) }] });
@@ -193,6 +193,7 @@ describe('cuts at exact points', () => {
     p.on('cut', (c) => cuts.push(c));
     const { bytes } = postcopyStream();
     const c = await connectTo(p.uri);
+    c.setNoDelay(true);
     c.on('error', () => undefined);
     const back: Buffer[] = [];
     c.on('data', (d: Buffer) => back.push(d));
@@ -201,7 +202,15 @@ describe('cuts at exact points', () => {
     for (let k = 0; k < 6; k++) encodeRpMessage(w, { kind: 'reqPages', start: k * 4096, length: 4096 });
     const rp = w.toBytes();
     srv.write(rp);
-    c.write(bytes);
+    if (trickle) {
+      // Small chunks with pauses: items (the package, pages) span many reads.
+      for (let i = 0; i < bytes.length && cuts.length === 0; ) {
+        const n = 1 + Math.floor(Math.random() * 60);
+        c.write(bytes.subarray(i, i + n));
+        i += n;
+        if (Math.random() < 0.3) await new Promise((r) => setTimeout(r, 1));
+      }
+    } else c.write(bytes);
     await until(() => cuts.length === 1);
     await new Promise((r) => setTimeout(r, 100));
     // The decoders stop at the cut without reporting the truncated item as an error.
@@ -229,6 +238,20 @@ describe('cuts at exact points', () => {
     const r = await runCut('POSTCOPY_RUN', 'before');
     const run = r.items.find((i) => i.kind === 'POSTCOPY_RUN')!;
     expect(r.received.length).toBe(run.at);
+  });
+
+  it.each([
+    ['POSTCOPY_LISTEN', 'before'],
+    ['POSTCOPY_LISTEN', 'after'],
+    ['PAGE:3', 'before'],
+    ['FULL', 'after'],
+    ['PACKAGED', 'after'],
+  ] as const)('exact even when items span many small reads: %s %s', async (kind, position) => {
+    const r = await runCut(kind, position, 'kill', true);
+    const item = r.cut.item!;
+    expect(r.cut.late).toBe(0);
+    expect(r.received.length).toBe(position === 'before' ? item.at : item.end);
+    expect(Buffer.compare(r.received, Buffer.from(r.bytes.subarray(0, r.received.length)))).toBe(0);
   });
 
   it('in-package cuts in the middle of the PACKAGED blob', async () => {
