@@ -80,8 +80,17 @@ export class RamLoader {
         case RamFlag.MEM_SIZE:
           await this.loadSetup(r, addr, at);
           break;
-        case RamFlag.ZERO:
         case RamFlag.PAGE:
+          // Fast path, no promise: a CONTINUE page whose body is already buffered.
+          if (flags & RamFlag.CONTINUE && this.lastBlock && r.available >= TP && addr + TP <= this.lastBlock.usedLength) {
+            r.readIntoSync(this.lastBlock.bytes.subarray(addr, addr + TP), 'page');
+            this.counters.normal++;
+            this.markReceived(this.lastBlock, addr);
+            break;
+          }
+          await this.loadPage(r, kind, flags, addr, at);
+          break;
+        case RamFlag.ZERO:
         case RamFlag.XBZRLE:
           await this.loadPage(r, kind, flags, addr, at);
           break;
@@ -141,7 +150,7 @@ export class RamLoader {
       case RamFlag.PAGE:
         if (r.available < TP) await r.need(TP, 'page');
         // Buffered by now: one copy, straight from the received chunks into guest memory.
-        await r.readInto(mem.subarray(addr, addr + TP), 'page');
+        r.readIntoSync(mem.subarray(addr, addr + TP), 'page');
         this.counters.normal++;
         break;
       default: {
@@ -151,13 +160,17 @@ export class RamLoader {
         const len = r.be16();
         if (len > TP) this.fail('Failed to load XBZRLE page - len overflow!', at);
         await r.need(len, 'xbzrle data');
-        await r.readInto(this.xbuf.subarray(0, len), 'xbzrle data');
+        r.readIntoSync(this.xbuf.subarray(0, len), 'xbzrle data');
         if (this.ops.xbzrleDecode(this.xbuf.subarray(0, len), mem, addr) < 0) {
           this.fail('Failed to load XBZRLE page - decode error!', at);
         }
         this.counters.xbzrle++;
       }
     }
+    this.markReceived(block, addr);
+  }
+
+  private markReceived(block: EngineRamBlock, addr: number): void {
     const bm = this.received.get(block.idstr)!;
     const p = addr / TP;
     bm[p >>> 5] = bm[p >>> 5]! | (1 << (p & 31));

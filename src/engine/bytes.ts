@@ -138,6 +138,10 @@ export class ChannelReader {
   readInto(dst: Uint8Array, what = 'bytes'): Promise<void> {
     return this.stream.readInto(dst, what);
   }
+  /** Fills `dst` from buffered bytes (after need), copying straight from the received chunks. */
+  readIntoSync(dst: Uint8Array, what = 'bytes'): void {
+    this.stream.readIntoSync(dst, what);
+  }
   /** Reads a cstr8 (u8 length, then the bytes) as latin1. */
   async cstr8(what = 'idstr'): Promise<string> {
     await this.need(1, what);

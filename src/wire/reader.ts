@@ -162,6 +162,24 @@ export class StreamReader {
     return this.readSync(n, what);
   }
 
+  /**
+   * Fill `dst` exactly from buffered bytes, copying straight from the
+   * received chunks (no coalescing, no promise). Throws TruncatedError if
+   * fewer than `dst.length` bytes are buffered (nothing is consumed then).
+   */
+  readIntoSync(dst: Uint8Array, what = 'bytes'): void {
+    const n = dst.length;
+    if (this.avail < n) throw new TruncatedError(what, n - this.avail, this.pos + this.avail);
+    let o = 0;
+    while (o < n) {
+      const c = this.chunks[0]!;
+      const take = Math.min(c.length - this.head, n - o);
+      dst.set(take === c.length && this.head === 0 ? c : c.subarray(this.head, this.head + take), o);
+      o += take;
+      this.consume(take);
+    }
+  }
+
   /** Fill `dst` exactly, copying straight from the received chunks. */
   async readInto(dst: Uint8Array, what = 'bytes'): Promise<void> {
     let o = 0;

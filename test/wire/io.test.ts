@@ -177,6 +177,21 @@ describe('StreamWriter', () => {
 describe('StreamReader', () => {
   const data = Uint8Array.from({ length: 5000 }, (_, i) => (i * 7) & 0xff);
 
+  it('readIntoSync copies buffered bytes across chunks and refuses when too few are buffered', async () => {
+    const r = new StreamReader(chunksOf(data, () => 7));
+    await r.need(30);
+    const have = r.buffered;
+    const big = new Uint8Array(have + 1);
+    expect(() => r.readIntoSync(big, 'page')).toThrow(TruncatedError);
+    expect(r.offset).toBe(0);
+    const dst = new Uint8Array(30);
+    r.readIntoSync(dst.subarray(2, 25));
+    expect(Array.from(dst.subarray(2, 25))).toEqual(Array.from(data.subarray(0, 23)));
+    expect([dst[0], dst[1], dst[25]]).toEqual([0, 0, 0]);
+    expect(r.offset).toBe(23);
+    expect(r.buffered).toBe(have - 23);
+  });
+
   it('tracks offsets and reads exact spans across chunks', async () => {
     const r = new StreamReader(chunksOf(data, () => 7), { base: 1000 });
     expect(r.need(3)).toBeInstanceOf(Promise);
