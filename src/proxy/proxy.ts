@@ -76,6 +76,8 @@ class Pipe {
   /** Cut when `relayed` reaches this offset. */
   limit = Infinity;
   limitCut: Omit<ProxyCut, 'relayed' | 'late' | 'conn'> | undefined;
+  /** The rule that set `limit` (counted as fired when the cut happens). */
+  limitRule: RuleState | undefined;
   pending: Uint8Array[] = [];
   scheduled = false;
   /** Every byte before this offset has been decoded (Infinity once decoding stopped). */
@@ -268,7 +270,7 @@ export class FaultProxy extends EventEmitter {
     }
     p.limit = offset;
     p.limitCut = { mode: why.mode, reason: why.reason, ...(why.item ? { item: why.item } : {}) };
-    (p as Pipe & { limitRule?: RuleState }).limitRule = why.rule;
+    p.limitRule = why.rule;
   }
 
   private startPipe(c: Conn, p: Pipe): void {
@@ -277,8 +279,10 @@ export class FaultProxy extends EventEmitter {
       if (c.state !== 'open') return;
       p.received += chunk.length;
       this.stats.bytes[p.dir] += chunk.length;
-      p.queue.push(chunk);
-      if (p.pending.length > 0 || (this.options.decode !== false && c.matcher.armedFor(p.dir))) {
+      const decoding = this.options.decode !== false;
+      // The same chunk goes to the decoder: Node never reuses a socket's read buffers and writes do not modify them.
+      if (decoding) p.queue.push(chunk);
+      if (p.pending.length > 0 || (decoding && c.matcher.armedFor(p.dir))) {
         p.pending.push(chunk);
         this.schedule(c, p);
       } else this.forward(c, p, chunk);
@@ -361,8 +365,7 @@ export class FaultProxy extends EventEmitter {
       }
     }
     if (cutHere) {
-      const rule = (p as Pipe & { limitRule?: RuleState }).limitRule;
-      if (rule) rule.fired++;
+      if (p.limitRule) p.limitRule.fired++;
       this.doCut(c, p.limitCut!, 0);
     }
   }
