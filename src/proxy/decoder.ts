@@ -61,6 +61,15 @@ export class ProxySession {
   readonly sections = new Map<number, string>();
   /** RAM block sizes from the setup record (for RECV_BITMAP sizes). */
   readonly blocks = new Map<string, number>();
+
+  /** Back to the state of a fresh migration. */
+  reset(): void {
+    this.ram.reset();
+    this.ram.postcopy = false;
+    this.ram.setup = {};
+    this.sections.clear();
+    this.blocks.clear();
+  }
 }
 
 /** Callback receiving each decoded item. */
@@ -135,6 +144,8 @@ export async function decodeMainStream(
   const first = await reader.peekU8();
   if (first === undefined) return;
   if (first === MAGIC_FIRST_BYTE) {
+    // A stream with a header is a new migration: forget what earlier connections set up.
+    session.reset();
     const start = await reader.decode((c) => decodeStreamStart(c, { expectConfiguration: false }));
     emit({ dir: 'main', kind: 'HEADER', at: 0, end: reader.offset, fields: { version: start.version } });
     if ((await reader.peekU8()) === SectionType.CONFIGURATION) {

@@ -85,6 +85,14 @@ describe('main stream decoder', () => {
     expect(kinds(items).slice(-3)).toEqual(['FULL', 'FULL', 'EOF']);
   });
 
+  it('a new stream with a header starts a fresh session (precopy XBZRLE after an earlier postcopy)', async () => {
+    const session = new ProxySession();
+    await mainItems(postcopyStream().bytes, 4096, session);
+    expect(session.ram.postcopy).toBe(true);
+    const items = await mainItems(precopyStream().bytes, 4096, session);
+    expect(items.filter((i) => i.kind === 'XBZRLE')).toHaveLength(1);
+  });
+
   it('bad bytes reject with a ProtocolError naming the offset', async () => {
     const { bytes } = precopyStream();
     const bad = bytes.slice();
