@@ -27,7 +27,8 @@ import { ChannelReader } from '../engine/bytes.js';
 import { StreamWriter } from '../wire/writer.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
-import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
+import type { MigrationStatus, StatusPort } from '../engine/status.js';
+import { StatusMachine } from '../control/status.js';
 import type { Hotpath } from '../hotpath/index.js';
 import { PageBitmap } from '../memory/index.js';
 import { loadConfiguration, parseGlobalState } from './config.js';
@@ -85,7 +86,7 @@ export class MigrationDestination extends EventEmitter {
   constructor(opts: DestinationOptions = {}) {
     super();
     this.opts = opts;
-    this.statusPort = opts.status ?? new EngineStatus();
+    this.statusPort = opts.status ?? new StatusMachine();
     const hp = opts.hotpath;
     this.ram = new RamLoader(
       opts.blocks ?? [],

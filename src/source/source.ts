@@ -17,7 +17,8 @@ import { encodeConfiguration, encodeFooter, encodeHeader, encodeSection } from '
 import { encodeCommand } from '../wire/command.js';
 import type { DeviceSection, PageOps, SourceGuest } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
-import { EngineStatus, type MigrationStatus, type StatusPort } from '../engine/status.js';
+import type { MigrationStatus, StatusPort } from '../engine/status.js';
+import { StatusMachine } from '../control/status.js';
 import {
   BUFFER_DELAY_MS,
   DEFAULT_CAPABILITIES,
@@ -58,7 +59,7 @@ export interface SourceOptions {
   capabilities?: Partial<SourceCapabilities>;
   parameters?: Partial<SourceParameters>;
   pageOps?: PageOps;
-  /** A status holder (control/'s StatusMachine); a fresh EngineStatus by default. */
+  /** A status holder (control/'s StatusMachine); a fresh StatusMachine by default. */
   status?: StatusPort;
 }
 
@@ -101,7 +102,7 @@ export class MigrationSource extends EventEmitter {
     super();
     this.capabilities = { ...DEFAULT_CAPABILITIES, ...opts.capabilities };
     this.parameters = { ...DEFAULT_PARAMETERS, ...opts.parameters };
-    this.statusPort = opts.status ?? new EngineStatus();
+    this.statusPort = opts.status ?? new StatusMachine();
     this.ops = opts.pageOps ?? jsPageOps;
     this.throttle = new AutoConverge(
       () => this.parameters,

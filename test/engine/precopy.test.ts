@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MigrationSource } from '../../src/source/source.js';
 import { MigrationDestination, encodeGlobalState } from '../../src/destination/destination.js';
-import { EngineStatus } from '../../src/engine/status.js';
+import { StatusMachine } from '../../src/control/status.js';
 import { duplexPair, fillRandom, startDirtier, TestGuest } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -61,7 +61,7 @@ describe('precopy source → destination (in-memory pair)', () => {
     const g = guestWithContent();
     const stop = startDirtier(g, { pagesPerTick: 16, intervalMs: 1, workingSet: 128 });
     const [a, b] = duplexPair();
-    const status = new EngineStatus();
+    const status = new StatusMachine();
     const src = new MigrationSource(g, {
       capabilities: { xbzrle: true, events: true },
       parameters: { maxBandwidth: 16 * MiB, downtimeLimit: 1, xbzrleCacheSize: 1 * MiB },

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { MigrationSource } from '../../src/source/source.js';
 import { MigrationDestination } from '../../src/destination/destination.js';
-import { EngineStatus } from '../../src/engine/status.js';
+import { StatusMachine } from '../../src/control/status.js';
 import { duplexPair, fillRandom, startDirtier, TestGuest } from '../engine/helpers.js';
 
 const MiB = 1 << 20;
@@ -14,7 +14,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function setup(size = 4 * MiB, random = size) {
   const g = new TestGuest([{ idstr: 'ram', size }]);
   fillRandom(g.blocks[0]!.bytes.subarray(0, random), 3);
-  const status = new EngineStatus();
+  const status = new StatusMachine();
   const dst = new MigrationDestination({ adopt: true });
   const [a, b] = duplexPair();
   return { g, status, dst, a, b };
@@ -86,7 +86,7 @@ describe('MigrationSource', () => {
 
   it('a destination failure after switchover (SHUT 1) fails the source and resumes the guest', async () => {
     const g = new TestGuest([{ idstr: 'ram', size: 256 * 1024 }]);
-    const status = new EngineStatus();
+    const status = new StatusMachine();
     const src = new MigrationSource(g, { capabilities: { returnPath: true }, parameters: { maxBandwidth: 1e12 }, status });
     const dst = new MigrationDestination({ blocks: [{ ...g.blocks[0]!, bytes: new Uint8Array(256 * 1024) }] });
     const [a, b] = duplexPair();
