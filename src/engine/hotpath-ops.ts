@@ -5,7 +5,7 @@
  */
 import { TARGET_PAGE_SIZE } from '../wire/constants.js';
 import type { Hotpath } from '../hotpath/index.js';
-import { isZeroPageJs } from './page-ops-js.js';
+import { isZeroPageRef } from '../hotpath/reference.js';
 import type { PageOps } from './ports.js';
 
 const TP = TARGET_PAGE_SIZE;
@@ -28,7 +28,7 @@ export function hotpathPageOps(hp: Hotpath): PageOps {
   return {
     isZeroPage(page, off) {
       if (inWasm(page)) return hp.isZeroPageAt(page.byteOffset + off);
-      return isZeroPageJs(page, off);
+      return isZeroPageRef(page.subarray(off, off + TP));
     },
     xbzrleEncode(old, oldOff, cur, curOff, out) {
       const o = place(old, oldOff, stageOld, TP);
