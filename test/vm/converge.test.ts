@@ -8,6 +8,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { FaultProxy } from '../../src/proxy/proxy.js';
 import type { ProxyItem } from '../../src/proxy/decoder.js';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { DEFAULT_GUEST_PARAMS, type GuestParams } from '../guest/check.js';
+import { qemuAvailable, startGuestVm, waitMigrate, type GuestVm } from '../guest/vm.js';
 import { listeningPort, startVm, waitStatus, type Digest, type VmProcess } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -23,8 +27,10 @@ const DOWNTIME_MS = 50;
 
 const procs: VmProcess[] = [];
 const proxies: FaultProxy[] = [];
+const guests: GuestVm[] = [];
 afterEach(async () => {
   for (const p of proxies.splice(0)) await p.close();
+  for (const g of guests.splice(0)) await g.destroy();
   for (const p of procs.splice(0)) await p.cleanup();
 });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -77,6 +83,20 @@ async function follow(src: VmProcess, timeoutMs: number): Promise<{ samples: Inf
   }
 }
 
+/**
+ * QEMU 7.2's ram.transferred from the wire: the bytes of every PAGE/ZERO/XBZRLE
+ * record (header + payload) plus 8 per PART (the EOS ram_save_iterate counts);
+ * not the setup record, not the END's EOS, no section headers, no device state.
+ */
+function qemuTransferred(items: ProxyItem[]): number {
+  let n = 0;
+  for (const i of items) {
+    if (i.kind === 'PAGE' || i.kind === 'ZERO' || i.kind === 'XBZRLE') n += i.end - i.at;
+    else if (i.kind === 'PART') n += 8;
+  }
+  return n;
+}
+
 const count = (items: ProxyItem[], kind: string): number => items.reduce((n, i) => n + (i.kind === kind ? 1 : 0), 0);
 const passes = (v: VmProcess): number => v.events.filter((e) => e.event === 'MIGRATION_PASS').length;
 
@@ -98,9 +118,11 @@ async function checkCompleted(src: VmProcess, dst: VmProcess, proxy: FaultProxy,
   expect(st.decodeErrors).toEqual([]);
   expect(st.connections).toHaveLength(1);
   const ram = final.ram!;
-  // Every byte the source's QEMUFile accepted is counted in ram.transferred, and all of it went out on
-  // the one main channel: equal to what the proxy relayed source → destination.
+  // Our source counts every byte its QEMUFile accepted in ram.transferred, all of it sent on the one
+  // main channel: equal to what the proxy relayed source → destination. QEMU 7.2 counts only the RAM
+  // records (qemuTransferred, proven against the real binary below) — a known difference, reported.
   expect(ram.transferred).toBe(st.bytes.main);
+  expect(qemuTransferred(items)).toBeLessThan(ram.transferred);
   expect(ram['precopy-bytes'] + ram['downtime-bytes']).toBe(ram.transferred);
   // normal = PAGE records (XBZRLE overflows are sent as PAGE and counted there too), duplicate = ZERO records.
   expect(ram.normal).toBe(count(items, 'PAGE'));
@@ -202,4 +224,51 @@ describe('convergence under a heavy workload (postcopy vm → postcopy vm, throu
     // the throttle is lifted once the migration is over
     expect((await src.qmp.execute<{ 'cpu-throttle-percentage': number }>('x-query-workload'))['cpu-throttle-percentage']).toBe(0);
   }, 45_000);
+
+  it.skipIf(!qemuAvailable())('real QEMU 7.2 (test guest) → proxy → QEMU -S: the same relations, and transferred = RAM records + 8 per PART', async () => {
+    const params: GuestParams = { ...DEFAULT_GUEST_PARAMS, size: 16 * MiB, n: 16, report: 1 };
+    const src = await startGuestVm({ params, ramMiB: 64 });
+    guests.push(src);
+    const dsock = join(src.dir, 'dst.sock');
+    const dst = await startGuestVm({ params, ramMiB: 64, incoming: `unix:${dsock}`, paused: true });
+    guests.push(dst);
+    const proxy = new FaultProxy({ listen: `unix:${join(src.dir, 'proxy.sock')}`, target: `unix:${dsock}` });
+    await proxy.listen();
+    proxies.push(proxy);
+    const items: ProxyItem[] = [];
+    proxy.on('item', (it) => {
+      if (it.dir === 'main') items.push(it);
+    });
+    await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] });
+    // 1 ms downtime: no convergence (threshold 4 pages), so XBZRLE (on from the 2nd pass) gets hits; then let it complete
+    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 16 * MiB, 'downtime-limit': 1, 'xbzrle-cache-size': 64 * MiB });
+    await src.waitSerial(() => src.lastReportedPass() >= 1, 20_000);
+    await src.qmp.execute('migrate', { uri: proxy.uri });
+    await waitMigrate(src, (i) => (i.ram?.['dirty-sync-count'] ?? 0) >= 4 || i.status === 'completed' || i.status === 'failed', 30_000, '4 passes');
+    await src.qmp.execute('migrate-set-parameters', { 'downtime-limit': 30_000 });
+    await waitMigrate(src, (i) => i.status === 'completed' && (i['total-time'] ?? 0) > 0, 30_000, 'completed');
+    const info = (await src.qmp.execute('query-migrate')) as Info;
+    await waitMigrate(dst, (i) => i.status === 'completed', 10_000, 'destination completed');
+    for (let i = 0; i < 100 && !items.some((x) => x.kind === 'VMDESCRIPTION'); i++) await sleep(50);
+    const st = proxy.query();
+    expect(st.decodeErrors).toEqual([]);
+    const ram = info.ram!;
+    const x = info['xbzrle-cache']!;
+    const recs = items.filter((i) => i.kind === 'XBZRLE');
+    const recBytes = recs.reduce((n, i) => n + (i.end - i.at - 8), 0);
+    console.log(
+      `qemu: passes ${ram['dirty-sync-count']}, transferred ${ram.transferred} (records+8/PART ${qemuTransferred(items)}, wire ${st.bytes.main}), ` +
+        `normal ${ram.normal}/${count(items, 'PAGE')}, duplicate ${ram.duplicate}/${count(items, 'ZERO')}, xbzrle ${JSON.stringify(x)}, records ${recs.length} (${recBytes})`,
+    );
+    expect(ram.transferred).toBe(qemuTransferred(items));
+    expect(ram['precopy-bytes'] + ram['downtime-bytes']).toBe(ram.transferred);
+    expect(ram.normal).toBe(count(items, 'PAGE'));
+    expect(ram.duplicate).toBe(count(items, 'ZERO'));
+    expect(recs.length).toBeGreaterThan(0);
+    expect(x.bytes).toBe(recBytes + x.overflow * PAGE);
+    expect(x.pages).toBeGreaterThanOrEqual(recs.length + x.overflow);
+    // RAM equal at stop time: the stopped source's RAM file and the paused destination's
+    const h = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+    expect(h(dst.readRam())).toBe(h(src.readRam()));
+  }, 90_000);
 });
