@@ -20,11 +20,11 @@ import {
   QEMU_VM_FILE_VERSION_COMPAT,
   RAM_SECTION_IDSTR,
   RAM_SECTION_VERSION,
-  RpMsg,
   SectionType,
 } from '../wire/constants.js';
 import { ChannelReader } from '../engine/bytes.js';
 import { StreamWriter } from '../wire/writer.js';
+import { encodeRpMessage } from '../wire/return-path.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
 import type { MigrationStatus, StatusPort } from '../engine/status.js';
@@ -161,9 +161,7 @@ export class MigrationDestination extends EventEmitter {
   private async sendShut(value: number): Promise<void> {
     const w = this.rpWriter;
     if (!w) return;
-    w.be16(RpMsg.SHUT);
-    w.be16(4);
-    w.be32(value);
+    encodeRpMessage(w, { kind: 'shut', value });
     await w.flush();
   }
 
@@ -275,9 +273,7 @@ export class MigrationDestination extends EventEmitter {
         if (!this.rpWriter) throw new ProtocolError('command', 'CMD_PING received with no return path', at);
         this.pings.push(v);
         const w = this.rpWriter;
-        w.be16(RpMsg.PONG);
-        w.be16(4);
-        w.be32(v);
+        encodeRpMessage(w, { kind: 'pong', value: v });
         await w.flush();
         return;
       }

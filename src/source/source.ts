@@ -11,7 +11,7 @@ import { setImmediate as yieldNow } from 'node:timers/promises';
 import { PingValue, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, TARGET_PAGE_SIZE } from '../wire/constants.js';
 import { PostcopyError } from '../errors.js';
 import { ChannelReader } from '../engine/bytes.js';
-import { vmdescJson } from '../engine/codec.js';
+import { vmdescJson } from './vmdesc-json.js';
 import { StreamWriter } from '../wire/writer.js';
 import { encodeConfiguration, encodeFooter, encodeHeader, encodeSection } from '../wire/stream.js';
 import { encodeCommand } from '../wire/command.js';

@@ -12,7 +12,7 @@ import {
   writeRamSetup,
   writeSectionPart,
   writeSectionStart,
-} from '../../src/engine/codec.js';
+} from './stream-helpers.js';
 import { MigCmd, RamFlag, SectionType } from '../../src/wire/constants.js';
 import { MigrationDestination, encodeGlobalState } from '../../src/destination/destination.js';
 import { duplexPair } from '../engine/helpers.js';
