@@ -147,18 +147,21 @@ describe('convergence under a heavy workload (postcopy vm → postcopy vm, throu
     await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
     const t0 = performance.now();
     let info: Info = {};
+    let maxRemaining = 0;
     while (performance.now() - t0 < 20_000) {
       info = await src.qmp.execute<Info>('query-migrate');
       expect(info.status).toMatch(/^(setup|active)$/);
+      if ((info.ram?.['dirty-sync-count'] ?? 0) >= 2) maxRemaining = Math.max(maxRemaining, info.ram!.remaining);
       if ((info.ram?.['dirty-sync-count'] ?? 0) >= 5 && performance.now() - t0 > 3000) break;
       await sleep(100);
     }
     const ram = info.ram!;
-    console.log(`baseline: ${Math.round(performance.now() - t0)} ms, passes ${ram['dirty-sync-count']}, remaining ${ram.remaining}, transferred ${ram.transferred}, expected-downtime ${String(info['expected-downtime'])}`);
+    console.log(`baseline: ${Math.round(performance.now() - t0)} ms, passes ${ram['dirty-sync-count']}, peak remaining ${maxRemaining}, transferred ${ram.transferred}, expected-downtime ${String(info['expected-downtime'])}`);
     expect(info.status).toBe('active');
     expect(ram['dirty-sync-count']).toBeGreaterThanOrEqual(5);
-    // still far from the threshold (bandwidth × downtime-limit = 1.6 MiB)
-    expect(ram.remaining).toBeGreaterThan(4 * MiB);
+    // each pass starts far above the threshold (bandwidth × downtime-limit = 1.6 MiB): the guest re-dirties
+    // most of the working set while one pass drains it (remaining is sampled anywhere in a pass, so use the peak)
+    expect(maxRemaining).toBeGreaterThan(8 * MiB);
     await src.qmp.execute('migrate_cancel');
     await waitStatus(src.qmp, ['cancelled']);
     expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'running', running: true });
