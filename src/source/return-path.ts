@@ -5,7 +5,8 @@
  * at completion); SHUT ends reading.
  */
 import { ProtocolError } from '../errors.js';
-import { RP_MAX_LEN, RP_MSG_LEN, RP_MSG_NAMES, RpMsg } from '../wire/constants.js';
+import { RP_MSG_NAMES, RpMsg, TARGET_PAGE_SIZE } from '../wire/constants.js';
+import { decodeRpMessage } from '../wire/return-path.js';
 import type { ChannelReader } from '../engine/bytes.js';
 
 /** A page request received on the return path (postcopy). */
@@ -51,52 +52,34 @@ export class SourceReturnPath {
         if (this.shutValue === undefined) this.error ??= new Error('Return path closed before SHUT');
         return;
       }
-      await r.need(4, 'return-path header');
       const at = r.offset;
-      const type = r.be16();
-      const len = r.be16();
-      if (type === RpMsg.INVALID || type >= RpMsg.MAX) {
-        throw new ProtocolError('return path', `Received invalid message 0x${type.toString(16).padStart(4, '0')} length 0x${len.toString(16).padStart(4, '0')}`, at);
-      }
-      const fixed = RP_MSG_LEN[type]!;
-      if ((fixed !== -1 && len !== fixed) || len > RP_MAX_LEN) {
-        throw new ProtocolError('return path', `Received '${RP_MSG_NAMES[type]}' message (0x${type.toString(16).padStart(4, '0')}) with bad length ${len}`, at);
-      }
-      await r.need(len, 'return-path payload');
-      const p = r.take(len);
-      const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
-      switch (type) {
-        case RpMsg.SHUT:
-          this.shutValue = dv.getUint32(0);
+      const m = await r.stream.decode(decodeRpMessage);
+      switch (m.kind) {
+        case 'shut':
+          this.shutValue = m.value;
           return;
-        case RpMsg.PONG: {
-          const v = dv.getUint32(0);
-          this.pongs.push(v);
-          this.handlers.onPong?.(v);
+        case 'pong':
+          this.pongs.push(m.value);
+          this.handlers.onPong?.(m.value);
           break;
-        }
-        case RpMsg.REQ_PAGES:
-        case RpMsg.REQ_PAGES_ID: {
-          const start = Number(dv.getBigUint64(0));
-          const length = dv.getUint32(8);
-          if (type === RpMsg.REQ_PAGES_ID) {
-            const n = p[12]!;
-            if (len !== 13 + n) throw new ProtocolError('return path', `Received '${RP_MSG_NAMES[type]}' message with bad length ${len}`, at);
-            this.lastReqBlock = Buffer.from(p.subarray(13, 13 + n)).toString('latin1');
-          } else if (this.lastReqBlock === undefined) {
-            throw new ProtocolError('return path', 'no previous block', at);
+        case 'reqPages':
+        case 'reqPagesId': {
+          if (m.kind === 'reqPagesId') this.lastReqBlock = m.blockName;
+          else if (this.lastReqBlock === undefined) throw new ProtocolError('return path', 'no previous block', at);
+          const { start, length } = m;
+          if (start % TARGET_PAGE_SIZE !== 0 || length % TARGET_PAGE_SIZE !== 0) {
+            throw new ProtocolError('return path', 'Misaligned page request', at);
           }
-          if (start % 4096 !== 0 || length % 4096 !== 0) throw new ProtocolError('return path', 'Misaligned page request', at);
           this.handlers.onPageRequest?.({ idstr: this.lastReqBlock!, start, length });
           break;
         }
-        case RpMsg.RESUME_ACK:
-          this.handlers.onResumeAck?.(dv.getUint32(0));
+        case 'resumeAck':
+          this.handlers.onResumeAck?.(m.value);
           break;
-        default:
-          // RECV_BITMAP belongs to recovery (later issue): its bitmap follows
-          // out of band, so it cannot be skipped safely here.
-          throw new ProtocolError('return path', `unexpected ${RP_MSG_NAMES[type]} outside recovery`, at);
+        case 'recvBitmap':
+          // RECV_BITMAP belongs to recovery: its bitmap follows out of band,
+          // so it cannot be skipped safely here.
+          throw new ProtocolError('return path', `unexpected ${RP_MSG_NAMES[RpMsg.RECV_BITMAP]} outside recovery`, at);
       }
     }
   }
