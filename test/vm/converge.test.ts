@@ -218,7 +218,10 @@ describe('convergence under a heavy workload (postcopy vm → postcopy vm, throu
     await checkCompleted(src, dst, proxy, items, final);
     expect(final['xbzrle-cache']).toBeUndefined();
     expect(count(items, 'XBZRLE')).toBe(0);
-    expect(Math.max(...throttles)).toBeGreaterThanOrEqual(30);
+    // cpu-throttle-initial, then + cpu-throttle-increment per trigger (capped by max-cpu-throttle 99). Unthrottled the
+    // guest writes ~29000 full pages/s (measured) against 8192 pages/s of bandwidth: 30% is not enough, it must rise.
+    for (const t of throttles) expect([0, 30, 50, 70, 90, 99]).toContain(t);
+    expect(Math.max(...throttles)).toBeGreaterThanOrEqual(50);
     // without the throttle it did not converge: several passes went by unthrottled, still active
     const unthrottled = active.filter((s) => !s['cpu-throttle-percentage']);
     expect(Math.max(...unthrottled.map((s) => s.ram!['dirty-sync-count']))).toBeGreaterThanOrEqual(3);
