@@ -75,6 +75,8 @@ export class RamSaver {
   readonly xbzrle = { bytes: 0, pages: 0, cacheMiss: 0, overflow: 0, cacheMissRate: 0, encodingRate: 0 };
   private readonly encoded: Uint8Array;
   private readonly scratch: Uint8Array;
+  /** Plain (non-shared), aligned page for copies out of shared memory. */
+  private readonly bounce = new Uint8Array(TP);
   /** Bitmap-sync generation (dirty-sync-count), the cache's age. */
   generation = 0;
 
@@ -196,7 +198,15 @@ export class RamSaver {
         src = r.src;
         srcOff = r.srcOff;
       }
-      this.enc.page(w, idstr, off, src.subarray(srcOff, srcOff + TP));
+      let body = src.subarray(srcOff, srcOff + TP);
+      if (body.buffer instanceof SharedArrayBuffer) {
+        // V8 copies out of a SharedArrayBuffer byte by byte unless source and
+        // destination are 8-byte co-aligned, and the batch position rarely is:
+        // bounce through an aligned plain page (two fast copies beat one slow).
+        this.bounce.set(body);
+        body = this.bounce;
+      }
+      this.enc.page(w, idstr, off, body);
       n = head + TP;
       this.counters.normal++;
     }
