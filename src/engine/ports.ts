@@ -1,7 +1,7 @@
 /**
  * What the engines need from the layers around them, as small interfaces.
  * The memory/, hotpath/ and control/ layers are adapted to these (see
- * adapters.ts); tests can also implement them directly.
+ * memory-guest.ts, hotpath-ops.ts, page-ops-js.ts); tests can also implement them directly.
  */
 
 /** One RAM block as the engines see it. Offsets are bytes inside the block. */
