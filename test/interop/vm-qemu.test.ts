@@ -3,7 +3,7 @@
  * over QMP the same way: QEMU → postcopy vm (-M none and adopting -M pc)
  * and postcopy vm → QEMU, checked byte for byte.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -141,7 +141,11 @@ describe.skipIf(!hasQemu)(`postcopy vm with real QEMU 7.2 ${qemuSkipReason}`, ()
 
   it('(4b) cancel mid-way: postcopy vm → QEMU, QEMU destination fails and exits 1; QEMU → postcopy vm, ours exits 1', async () => {
     const q = await qemu({ machine: 'none', memory: '64M', ramFill: 'zero', paused: true, incoming: 'defer' });
-    const v = await vm(['--machine', 'none', '--ram', '64M', '--workload', 'pattern=rand,rate=max,bytes=4096']);
+    // 64 MiB of random RAM at 4 MiB/s: the first pass alone takes ~16 s, so the
+    // cancel at 300 ms always lands mid-way (a zero-RAM source could finish first).
+    const ramFile = path.join('/tmp', `pcvm-${process.pid}-4b.ram`);
+    fs.writeFileSync(ramFile, randomBytes(64 * MiB));
+    const v = await vm(['--machine', 'none', '--ram', '64M', '--mem-path', ramFile, '--workload', 'pattern=rand,rate=max,bytes=4096']);
     await v.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * MiB });
     await q.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
     await v.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await listeningPort(q.qmp)}` });
@@ -161,6 +165,7 @@ describe.skipIf(!hasQemu)(`postcopy vm with real QEMU 7.2 ${qemuSkipReason}`, ()
     await q2.qmp.execute('migrate_cancel');
     await waitStatus(q2.qmp, ['cancelled']);
     expect(await v2.exited).toBe(1);
+    fs.rmSync(ramFile, { force: true });
   }, 60_000);
 
   it('(4c) capability combinations QEMU rejects are rejected with the same text', async () => {
