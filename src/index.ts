@@ -33,3 +33,9 @@ export { sourceGuestFromMemory, engineBlocks, type GuestControl } from './engine
 export * from './control/index.js';
 /** Transports: migration URIs, channels with shutdown, listeners, in-memory channel pair. */
 export * from './transport/index.js';
+/**
+ * Wire codecs (pure: bytes in, typed records out, and back) as one namespace:
+ * `wire.encodeSection`, `wire.decodeRpMessage`, `wire.StreamReader`, ... — for
+ * conformance tests that build or check streams byte by byte.
+ */
+export * as wire from './wire/index.js';
