@@ -37,7 +37,7 @@ const EDGES: Readonly<Record<MigrationStatus, readonly MigrationStatus[]>> = {
   setup: ['active', 'wait-unplug', 'failed', 'cancelling'],
   'wait-unplug': ['active', 'failed', 'cancelling'],
   active: ['postcopy-active', 'pre-switchover', 'completed', 'failed', 'cancelling', 'colo'],
-  'pre-switchover': ['device', 'failed', 'cancelling'],
+  'pre-switchover': ['device', 'postcopy-active', 'failed', 'cancelling'],
   device: ['completed', 'failed', 'cancelling'],
   'postcopy-active': ['postcopy-paused', 'completed', 'failed', 'cancelling'],
   'postcopy-paused': ['postcopy-recover', 'failed', 'cancelling'],
