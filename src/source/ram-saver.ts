@@ -79,6 +79,17 @@ export class RamSaver {
   private readonly bounce = new Uint8Array(TP);
   /** Bitmap-sync generation (dirty-sync-count), the cache's age. */
   generation = 0;
+  /**
+   * Postcopy mode: no XBZRLE, and after a requested page the background scan
+   * continues from it (QEMU's locality heuristic).
+   */
+  private postcopy = false;
+  /** release-ram in postcopy: a page's memory is zeroed once it is on the wire. */
+  releaseAfterSend = false;
+  /** Pages zeroed by release-ram. */
+  releasedPages = 0;
+  /** Urgent queue entries dropped because the page was already sent. */
+  urgentSkipped = 0;
 
   constructor(
     readonly blocks: readonly EngineRamBlock[],
@@ -122,6 +133,42 @@ export class RamSaver {
     this.enc.reset();
   }
 
+  /** Enters postcopy mode: XBZRLE off for good, locality after requested pages. */
+  enterPostcopy(): void {
+    this.postcopy = true;
+    this.xbzrleEnabled = false;
+  }
+
+  /** True once enterPostcopy() was called. */
+  get inPostcopy(): boolean {
+    return this.postcopy;
+  }
+
+  /** Restarts the background scan at the first page (recovery). */
+  resetScan(): void {
+    this.blockIdx = 0;
+    this.pageIdx = 0;
+  }
+
+  /**
+   * release-ram: zeroes every page that is clean (already sent and not to be
+   * sent again). Returns how many pages were released.
+   */
+  releaseClean(): number {
+    let n = 0;
+    this.bitmaps.forEach((bm, b) => {
+      const mem = this.blocks[b]!.bytes;
+      for (let p = 0; p < this.pages[b]!; p++) {
+        if ((bm[p >>> 5]! & (1 << (p & 31))) === 0) {
+          mem.fill(0, p * TP, (p + 1) * TP);
+          n++;
+        }
+      }
+    });
+    this.releasedPages += n;
+    return n;
+  }
+
   /** Queues a page to be sent before the background scan. */
   queueUrgent(block: number, page: number): void {
     this.urgent.push({ block, page });
@@ -135,9 +182,14 @@ export class RamSaver {
     while (this.urgent.length > 0) {
       const u = this.urgent.shift()!;
       if (this.testAndClear(u.block, u.page)) {
+        if (this.postcopy) {
+          this.blockIdx = u.block;
+          this.pageIdx = u.page + 1;
+        }
         this.savePage(w, u.block, u.page, lastStage);
         return 1;
       }
+      this.urgentSkipped++;
     }
     if (this.dirtyPages === 0) return 0;
     const nblocks = this.blocks.length;
@@ -155,7 +207,7 @@ export class RamSaver {
       if (this.blockIdx >= nblocks) {
         this.blockIdx = 0;
         this.completeRound = true;
-        if (this.useXbzrle) this.xbzrleEnabled = true;
+        if (this.useXbzrle && !this.postcopy) this.xbzrleEnabled = true;
       }
     }
     return 0;
@@ -173,6 +225,15 @@ export class RamSaver {
 
   /** Writes one page (ZERO, XBZRLE or PAGE). Returns bytes written. */
   private savePage(w: WireSink, b: number, p: number, lastStage: boolean): number {
+    const n = this.savePageBody(w, b, p, lastStage);
+    if (this.releaseAfterSend) {
+      this.blocks[b]!.bytes.fill(0, p * TP, (p + 1) * TP);
+      this.releasedPages++;
+    }
+    return n;
+  }
+
+  private savePageBody(w: WireSink, b: number, p: number, lastStage: boolean): number {
     const block = this.blocks[b]!;
     const off = p * TP;
     const mem = block.bytes;

@@ -2,11 +2,13 @@
  * The source's return-path reader (SPEC §5.3): reads framed messages from
  * the reverse direction of the channel and validates them like QEMU's
  * reader thread. A violation marks the path "bad" (the migration then fails
- * at completion); SHUT ends reading.
+ * at completion); SHUT ends reading. An I/O end (EOF, channel error, a cut
+ * mid-message) is told apart (`ioError`): in postcopy it pauses instead.
+ * In recovery mode RECV_BITMAP replies (§5.6) are read with their bitmap.
  */
-import { ProtocolError } from '../errors.js';
+import { ProtocolError, TruncatedError } from '../errors.js';
 import { RP_MSG_NAMES, RpMsg, TARGET_PAGE_SIZE } from '../wire/constants.js';
-import { decodeRpMessage } from '../wire/return-path.js';
+import { decodeRecvBitmapData, decodeRpMessage } from '../wire/return-path.js';
 import type { ChannelReader } from '../engine/bytes.js';
 
 /** A page request received on the return path (postcopy). */
@@ -22,6 +24,20 @@ export interface ReturnPathHandlers {
   onPong?(value: number): void;
   onPageRequest?(req: PageRequest): void;
   onResumeAck?(value: number): void;
+  /** Recovery: the source's bitmap size S for a block, undefined when the block is unknown. */
+  recvBitmapSize?(idstr: string): number | undefined;
+  /** Recovery: the received bitmap of a block (a copy, LE 64-bit words, bit = received). */
+  onRecvBitmap?(idstr: string, bitmap: Uint8Array): void;
+  /** Any message arrived (keepalive). */
+  onMessage?(): void;
+}
+
+/** Options of a SourceReturnPath. */
+export interface ReturnPathOptions {
+  /** Accept RECV_BITMAP replies (the recovery handshake); else they make the path bad. */
+  recovering?: boolean;
+  /** The block named by the last REQ_PAGES_ID on an earlier channel (survives pauses). */
+  lastReqBlock?: string;
 }
 
 /** Reads and dispatches return-path messages until SHUT, an error or the end. */
@@ -30,8 +46,12 @@ export class SourceReturnPath {
   shutValue: number | undefined;
   /** Set when the path turned bad (validation failure or I/O error). */
   error: Error | undefined;
+  /** True when reading ended by an I/O failure (end of input before SHUT, channel error, a cut message). */
+  ioError = false;
   /** PONG values in order of arrival. */
   readonly pongs: number[] = [];
+  /** In recovery mode RECV_BITMAP replies are accepted. */
+  recovering: boolean;
   private lastReqBlock: string | undefined;
   /** Resolves when reading stops (SHUT, error or end of input). */
   readonly done: Promise<void>;
@@ -39,21 +59,36 @@ export class SourceReturnPath {
   constructor(
     private readonly r: ChannelReader,
     private readonly handlers: ReturnPathHandlers = {},
+    opts: ReturnPathOptions = {},
   ) {
+    this.recovering = opts.recovering ?? false;
+    this.lastReqBlock = opts.lastReqBlock;
     this.done = this.run().catch((e: unknown) => {
-      this.error ??= e instanceof Error ? e : new Error(String(e));
+      const err = e instanceof Error ? e : new Error(String(e));
+      // A ProtocolError is a bad message; anything else (and a short read) is I/O.
+      if (!(err instanceof ProtocolError) || err instanceof TruncatedError) this.ioError = true;
+      this.error ??= err;
     });
+  }
+
+  /** The block named by the last REQ_PAGES_ID (for the next channel after a pause). */
+  get lastBlock(): string | undefined {
+    return this.lastReqBlock;
   }
 
   private async run(): Promise<void> {
     const r = this.r;
     for (;;) {
       if (r.available === 0 && !(await r.more())) {
-        if (this.shutValue === undefined) this.error ??= new Error('Return path closed before SHUT');
+        if (this.shutValue === undefined) {
+          this.ioError = true;
+          this.error ??= new Error('Return path closed before SHUT');
+        }
         return;
       }
       const at = r.offset;
       const m = await r.stream.decode(decodeRpMessage);
+      this.handlers.onMessage?.();
       switch (m.kind) {
         case 'shut':
           this.shutValue = m.value;
@@ -76,10 +111,19 @@ export class SourceReturnPath {
         case 'resumeAck':
           this.handlers.onResumeAck?.(m.value);
           break;
-        case 'recvBitmap':
-          // RECV_BITMAP belongs to recovery: its bitmap follows out of band,
-          // so it cannot be skipped safely here.
-          throw new ProtocolError('return path', `unexpected ${RP_MSG_NAMES[RpMsg.RECV_BITMAP]} outside recovery`, at);
+        case 'recvBitmap': {
+          if (!this.recovering) {
+            // Outside recovery its out-of-band bitmap cannot be skipped safely.
+            throw new ProtocolError('return path', `unexpected ${RP_MSG_NAMES[RpMsg.RECV_BITMAP]} outside recovery`, at);
+          }
+          const size = this.handlers.recvBitmapSize?.(m.blockName);
+          if (size === undefined) {
+            throw new ProtocolError('return path', `RECV_BITMAP: unknown ramblock '${m.blockName}'`, at);
+          }
+          const bits = await r.stream.decode((c) => decodeRecvBitmapData(c, m.blockName, size));
+          this.handlers.onRecvBitmap?.(m.blockName, Uint8Array.from(bits));
+          break;
+        }
       }
     }
   }

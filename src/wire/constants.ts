@@ -158,6 +158,10 @@ export const PingValue = {
   IN_PACKAGE: 3,
   AFTER_PACKAGE: 4,
 } as const;
+/** Value of our postcopy keepalive PINGs (QEMU has none; any be32 is answered with PONG). */
+export const KEEPALIVE_PING_VALUE = 0x6b61;
+/** §2.3 POSTCOPY_ADVISE page size summary of 4 KiB-page RAM (QEMU's hps summary). */
+export const POSTCOPY_HOST_PAGE_SIZE = 0x1000;
 
 /** §1.2 configuration subsections. */
 export const CONFIG_SUBSECTION_TARGET_PAGE_BITS = 'configuration/target-page-bits';
