@@ -6,6 +6,7 @@
  * and resume on a new channel through the recovery handshake.
  */
 import type { Duplex } from 'node:stream';
+import { setImmediate as yieldNow } from 'node:timers/promises';
 import { KEEPALIVE_PING_VALUE, PingValue } from '../wire/constants.js';
 import { PostcopyError } from '../errors.js';
 import { encodeCommand } from '../wire/command.js';
@@ -224,6 +225,8 @@ export abstract class PostcopySource extends SourceCore {
         this.enterPaused(e instanceof Error ? e.message : String(e));
         if (this.status !== 'postcopy-paused' && this.status !== 'postcopy-recover') throw e;
         await this.resumed!.promise;
+        // Let requests the destination re-sent right after RESUME_ACK be queued first.
+        await yieldNow();
       }
     }
     this.keepalive?.stop();
