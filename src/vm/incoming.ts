@@ -6,18 +6,37 @@
  * are adopted. Device sections we have no model for are kept as opaque
  * bytes. After the load the run state follows globalstate/autostart; a
  * failed load ends the process with status 1, as QEMU does (SPEC §1.8).
+ *
+ * Postcopy (postcopy-ram): at RUN ('postcopyRun') the run state is applied
+ * and the workload starts with every page touch going through the fault
+ * path (FaultBridge → dest.ensure()); migrate-pause shuts the input,
+ * migrate-recover listens on a new URI and hands the one accepted channel
+ * to dest.recover() (SPEC §7.2).
  */
 import type { Duplex } from 'node:stream';
 import { QmpError } from '../errors.js';
 import { listen, type Listener } from '../transport/listen.js';
 import type { Channel } from '../transport/channel.js';
 import { engineBlocks } from '../engine/memory-guest.js';
-import { MigrationDestination } from '../destination/destination.js';
+import { MigrationDestination, type DestinationOptions } from '../destination/destination.js';
 import { plainBlockAllocator } from '../destination/ram-loader.js';
 import { MIGRATE_ERRORS } from '../control/migrate-args.js';
 import { isActiveStatus, type StatusMachine } from '../control/status.js';
 import { QEMU_VM_FILE_MAGIC } from '../wire/constants.js';
 import type { RunState, SimVm } from './vm.js';
+import { FaultBridge } from './fault-bridge.js';
+
+/**
+ * The postcopy surface of MigrationDestination (postcopy-api.md), named
+ * here so this file states exactly what it uses of the engine.
+ */
+interface PostcopyDestination {
+  pause(): void;
+  recover(channel: Duplex): Promise<void>;
+  readonly postcopyState: string;
+  ensure(idstr: string, offset: number, length?: number): Promise<void>;
+  faultStats(): { requests: number; p50Us: number; p99Us: number; maxUs: number; count: number };
+}
 
 /** Header bytes before the machine name: magic, version, CONFIGURATION, be32 length. */
 const CONFIG_NAME_AT = 13;
@@ -81,6 +100,15 @@ export class Incoming {
   private channel: Channel | undefined;
   /** migrate-incoming was run (or -incoming had a URI). */
   started = false;
+  /** RUN arrived: the VM was started by postcopy (the load continues). */
+  private ranAtRun = false;
+  private finished = false;
+  /** migrate-recover's listener while it waits for the source. */
+  private recoverListener: Listener | undefined;
+  /** QEMU's postcopy_recover_triggered: one migrate-recover at a time. */
+  private recoverTriggered = false;
+  /** Serves the workload's faults during postcopy. */
+  bridge: FaultBridge | undefined;
 
   constructor(
     private readonly vm: SimVm,
@@ -132,7 +160,7 @@ export class Incoming {
     let machineName = vm.machineName;
     if (adopt) machineName = (await peekMachineName(ch)) ?? machineName;
     const local = vm.memory ? engineBlocks(vm.memory) : undefined;
-    const dest = (this.dest = new MigrationDestination({
+    const options: DestinationOptions & { postcopyBlocktime?: boolean } = {
       machineName,
       blocks: local,
       // Unknown device sections are kept opaque; RAM blocks must exist when we have local RAM.
@@ -144,34 +172,84 @@ export class Incoming {
           },
       autostart: true,
       postcopyRam: vm.config.capabilities['postcopy-ram'],
+      postcopyBlocktime: vm.config.capabilities['postcopy-blocktime'],
       pageOps: vm.pageOps,
       status: this.status,
-    }));
+      // received bitmaps in the shared memory: the workload worker reads them (fault path)
+      hotpath: vm.hp,
+    };
+    const dest = (this.dest = new MigrationDestination(options));
+    dest.once('postcopyRun', () => this.onPostcopyRun(dest));
     // QEMU starts the VM (RESUME) before it reports `completed`: act on the engine's 'runstate'
     // event, which comes after the load and before the status change.
     dest.once('runstate', () => this.finishLoad(dest, adopt, machineName));
     const status = await dest.load(ch);
     void l.close();
-    if (status !== 'completed') {
+    if (status === 'completed') this.finishLoad(dest, adopt, machineName);
+    else {
       const why = dest.queryMigrate()['error-desc'] ?? 'unknown error';
       process.stderr.write(`postcopy vm: ${why}\npostcopy vm: load of migration failed: Invalid argument\n`);
       await vm.shutdown(1);
     }
   }
 
-  /** After a successful load: adopt RAM and devices, write --mem-path, apply the run state. */
+  /**
+   * POSTCOPY_RUN (QEMU's loadvm_postcopy_handle_run_bh): devices are in, the
+   * run state is applied now and the workload runs, faulting pages in.
+   */
+  private onPostcopyRun(dest: MigrationDestination): void {
+    const vm = this.vm;
+    this.ranAtRun = true;
+    this.takeDevices(dest);
+    const mem = vm.memory;
+    const w = vm.workload;
+    if (mem && w) {
+      const idstr = mem.blocks[0]!.idstr;
+      const bits = dest.received.get(idstr);
+      if (bits && bits.buffer instanceof SharedArrayBuffer) {
+        this.bridge = new FaultBridge(dest as unknown as PostcopyDestination, [idstr]);
+        w.attachFaults(this.bridge, bits.byteOffset);
+      } else {
+        // No shared received bitmap: the workload cannot fault; it waits for the end of the migration.
+        process.stderr.write('postcopy vm: workload held until postcopy completes (no shared received bitmap)\n');
+        vm.holdWorkload = true;
+      }
+    }
+    this.applyRunState(dest);
+  }
+
+  private takeDevices(dest: MigrationDestination): void {
+    if (dest.devices.length > 0) {
+      this.vm.devices = dest.devices.map((d) => ({ idstr: d.idstr, instanceId: d.instanceId, versionId: d.versionId, payload: d.payload }));
+    }
+  }
+
+  /** After a successful load: adopt RAM and devices, write --mem-path, apply the run state (unless RUN did). */
   private finishLoad(dest: MigrationDestination, adopt: boolean, machineName: string): void {
+    if (this.finished) return;
+    this.finished = true;
     const vm = this.vm;
     if (adopt) {
       vm.adoptMemory(dest.blocks);
       vm.machineName = machineName;
     }
-    if (dest.devices.length > 0) {
-      vm.devices = dest.devices.map((d) => ({ idstr: d.idstr, instanceId: d.instanceId, versionId: d.versionId, payload: d.payload }));
-    }
+    this.takeDevices(dest);
+    // every page is here: the workload stops checking the received bitmap
+    vm.workload?.detachFaults();
+    vm.holdWorkload = false;
     vm.saveRam();
+    if (this.ranAtRun) {
+      vm.startWorkload();
+      if (vm.runState === 'running') vm.workload?.resume();
+      return;
+    }
     vm.startWorkload();
-    // globalstate "running" (or none) → autostart decides; any other state is applied.
+    this.applyRunState(dest);
+  }
+
+  /** globalstate "running" (or none) → autostart decides; any other state is applied. */
+  private applyRunState(dest: MigrationDestination): void {
+    const vm = this.vm;
     const gs = dest.globalState;
     if (gs === undefined || gs === 'running') {
       if (vm.autostart) vm.vmStart();
@@ -184,16 +262,69 @@ export class Incoming {
   /** migrate_cancel on the destination: QEMU 7.2 ignores it here (the source cancels). */
   cancel(): void {}
 
-  /** query-migrate: status, plus socket-address while listening. */
+  /** migrate-pause on the destination: only postcopy-active; shuts the input → postcopy-paused. */
+  pause(): void {
+    if (this.status.status !== 'postcopy-active' || !this.dest) throw new QmpError(MIGRATE_ERRORS.pauseNotPostcopy);
+    try {
+      (this.dest as unknown as PostcopyDestination).pause();
+    } catch (e) {
+      throw new QmpError(e instanceof Error ? e.message : String(e));
+    }
+  }
+
+  /**
+   * migrate-recover {uri}: only postcopy-paused; emits MIGRATION setup (the
+   * status stays postcopy-paused), listens, and gives the one accepted
+   * connection to dest.recover(). A failed handshake leaves it paused and a
+   * later migrate-recover may try again.
+   */
+  async recover(uri: string): Promise<void> {
+    const dest = this.dest as unknown as PostcopyDestination | undefined;
+    if (this.status.status !== 'postcopy-paused' || !dest) throw new QmpError(MIGRATE_ERRORS.recoverNotPaused);
+    if (this.recoverTriggered) throw new QmpError(MIGRATE_ERRORS.recoverTriggered);
+    this.recoverTriggered = true;
+    this.status.emitSetup();
+    let l: Listener;
+    try {
+      l = await listen(uri);
+    } catch (e) {
+      this.recoverTriggered = false;
+      throw new QmpError(e instanceof Error ? e.message : String(e));
+    }
+    await this.recoverListener?.close().catch(() => undefined);
+    this.recoverListener = l;
+    void (async () => {
+      try {
+        const ch = await l.accept();
+        this.channel = ch;
+        await dest.recover(ch);
+      } catch {
+        /* back in postcopy-paused (or the listener closed): a later migrate-recover may retry */
+      } finally {
+        this.recoverTriggered = false;
+        if (this.recoverListener === l) this.recoverListener = undefined;
+        void l.close().catch(() => undefined);
+      }
+    })();
+  }
+
+  /** query-migrate: status, plus socket-address while listening, plus the fault path's latency. */
   queryMigrate(): Record<string, unknown> {
     const info: Record<string, unknown> = { ...(this.dest?.queryMigrate() ?? {}) };
-    const addr = this.listener?.socketAddress;
+    const listening = this.recoverListener ?? this.listener;
+    const addr = listening?.socketAddress;
     if (addr && this.status.status !== 'completed' && this.status.status !== 'failed') info['socket-address'] = addr;
+    const pd = this.dest as unknown as Partial<PostcopyDestination> | undefined;
+    if (info['x-postcopy-fault-latency'] === undefined && typeof pd?.faultStats === 'function') {
+      const f = pd.faultStats();
+      if (f.count > 0) info['x-postcopy-fault-latency'] = { count: f.count, 'p50-us': f.p50Us, 'p99-us': f.p99Us, 'max-us': f.maxUs };
+    }
     return info;
   }
 
   /** Stops listening. */
   async close(): Promise<void> {
+    await this.recoverListener?.close().catch(() => undefined);
     await this.listener?.close();
   }
 }

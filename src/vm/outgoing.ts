@@ -4,8 +4,11 @@
  * MigrationSource over the VM's GuestMemory with the QMP capabilities and
  * parameters, stops the VM at switchover (STOP, finish-migrate) and leaves
  * it in postmigrate after completion, or resumes it after cancel/failure.
+ * Postcopy: migrate-start-postcopy, migrate-pause and migrate {resume:true}
+ * (connect, then MigrationSource.resume() on the new channel).
  */
 import { QmpError } from '../errors.js';
+import { MIGRATE_ERRORS } from '../control/migrate-args.js';
 import { connect } from '../transport/connect.js';
 import { parseMigrationUri } from '../transport/uri.js';
 import type { Channel } from '../transport/channel.js';
@@ -26,14 +29,21 @@ export function sourceCapabilities(c: Capabilities): SourceCapabilities {
     events: c.events,
     returnPath: c['return-path'],
     pauseBeforeSwitchover: c['pause-before-switchover'],
+    postcopyRam: c['postcopy-ram'],
+    releaseRam: c['release-ram'],
   };
+}
+
+/** A QMP size as a JS number (2^64-1 and other huge values → MAX_SAFE_INTEGER). */
+function sizeNumber(v: bigint): number {
+  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
 }
 
 /** The engine's parameters from the QMP record (max-bandwidth 2^64-1 → unlimited). */
 export function sourceParameters(p: Parameters): SourceParameters {
-  const bw = p['max-bandwidth'] > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(p['max-bandwidth']);
   return {
-    maxBandwidth: bw,
+    maxBandwidth: sizeNumber(p['max-bandwidth']),
+    maxPostcopyBandwidth: sizeNumber(p['max-postcopy-bandwidth']),
     downtimeLimit: p['downtime-limit'],
     xbzrleCacheSize: p['xbzrle-cache-size'],
     cpuThrottleInitial: p['cpu-throttle-initial'],
@@ -54,6 +64,12 @@ export class Outgoing {
   private stoppedFrom: RunState | undefined;
   /** Resolves with the final status. */
   done: Promise<MigrationStatus> = Promise.resolve('none');
+  /** migrate-start-postcopy came while connecting: applied once the engine exists. */
+  private postcopyAsked = false;
+  /** The connect of a migrate {resume:true}. */
+  private resuming: AbortController | undefined;
+  /** Last error of a resume attempt (connect or handshake), kept for the report. */
+  resumeError: string | undefined;
 
   constructor(private readonly vm: SimVm) {
     this.status = vm.newStatus();
@@ -128,6 +144,7 @@ export class Outgoing {
       status: this.status,
     }));
     src.on('MIGRATION_PASS', (d: { pass: number }) => vm.bus.emit('MIGRATION_PASS', { pass: d.pass }));
+    if (this.postcopyAsked) src.startPostcopy();
     const status = await src.migrate(ch, {
       machineName: vm.machineName,
       devices: () => deviceSections(vm.devices, this.stoppedFrom ?? vm.runState),
@@ -142,6 +159,59 @@ export class Outgoing {
   /** migrate-set-parameters during a migration. */
   applyParameters(): void {
     this.source?.setParameters(sourceParameters(this.vm.config.parameters));
+  }
+
+  /** migrate-start-postcopy (the caller checked capabilities and that a migration is running). */
+  startPostcopy(): void {
+    if (this.source) this.source.startPostcopy();
+    else this.postcopyAsked = true;
+  }
+
+  /** migrate-pause: only postcopy-active; shuts the channel → postcopy-paused. */
+  pause(): void {
+    if (!this.source || this.current !== 'postcopy-active') throw new QmpError(MIGRATE_ERRORS.pauseNotPostcopy);
+    try {
+      this.source.pause();
+    } catch (e) {
+      throw new QmpError(e instanceof Error ? e.message : String(e));
+    }
+  }
+
+  /**
+   * migrate {uri, resume:true}: only postcopy-paused (release-ram refused);
+   * connects in the background and runs the recovery handshake on the new
+   * channel. A failed connect or handshake leaves it postcopy-paused (QEMU
+   * only fails a migration from setup), so a later resume may succeed.
+   */
+  resume(uri: string): void {
+    const src = this.source;
+    if (!src || this.current !== 'postcopy-paused' || this.resuming) throw new QmpError(MIGRATE_ERRORS.resumeNotPaused);
+    if (this.vm.config.capabilities['release-ram']) throw new QmpError(MIGRATE_ERRORS.resumeReleaseRam);
+    try {
+      parseMigrationUri(uri, 'outgoing');
+    } catch (e) {
+      throw new QmpError(e instanceof Error ? e.message : String(e));
+    }
+    const ac = (this.resuming = new AbortController());
+    void (async () => {
+      let ch: Channel;
+      try {
+        ch = await connect(uri, ac.signal);
+      } catch (e) {
+        this.resumeError = e instanceof Error ? e.message : String(e);
+        return;
+      } finally {
+        this.resuming = undefined;
+      }
+      this.channel = ch;
+      try {
+        await src.resume(ch);
+        this.resumeError = undefined;
+      } catch (e) {
+        this.resumeError = e instanceof Error ? e.message : String(e);
+        ch.destroy();
+      }
+    })();
   }
 
   /** migrate_cancel. */

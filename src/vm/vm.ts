@@ -65,6 +65,8 @@ export class SimVm {
   autostart: boolean;
   outgoing: Outgoing | undefined;
   readonly incoming: Incoming | undefined;
+  /** The run state says running but the workload must not run yet (postcopy without a fault path). */
+  holdWorkload = false;
   private exiting = false;
 
   constructor(readonly opts: VmOptions) {
@@ -128,7 +130,7 @@ export class SimVm {
   vmStart(): void {
     if (this.runState === 'running') return;
     this.runState = 'running';
-    this.workload?.resume();
+    if (!this.holdWorkload) this.workload?.resume();
     this.bus.emit('RESUME');
   }
 
@@ -199,9 +201,18 @@ export class SimVm {
     q.register('x-query-workload', (args) => {
       visitNoArgs(args);
       const w = this.workload;
-      return w
-        ? { present: true, running: this.runState === 'running', visits: w.visits, 'cpu-throttle-percentage': w.throttle }
-        : { present: false, running: false, visits: 0, 'cpu-throttle-percentage': 0 };
+      if (!w) return { present: false, running: false, visits: 0, 'cpu-throttle-percentage': 0, faults: 0, 'blocked-ms': 0, 'max-blocked-ms': 0 };
+      const f = w.faultStats;
+      return {
+        present: true,
+        running: this.runState === 'running' && !this.holdWorkload,
+        visits: w.visits,
+        'cpu-throttle-percentage': w.throttle,
+        // postcopy fault path: pages the workload waited for, and how long it was blocked
+        faults: f.faults,
+        'blocked-ms': Math.round(f.blockedUs / 1000),
+        'max-blocked-ms': Math.round(f.maxBlockedUs / 1000),
+      };
     });
     q.register('query-migrate', (args) => {
       visitNoArgs(args);
@@ -231,23 +242,28 @@ export class SimVm {
       if (!caps['postcopy-ram'] && !caps['dirty-bitmaps']) throw new QmpError(MIGRATE_ERRORS.startPostcopyNotEnabled);
       const st = this.outgoing?.current ?? 'none';
       if (st === 'none') throw new QmpError(MIGRATE_ERRORS.startPostcopyIdle);
-      // QEMU 7.2 accepts it after a migration ended (it only sets a flag nobody reads then).
-      if (!isActiveStatus(st)) return;
-      throw new QmpError('Postcopy is not implemented by this version of postcopy vm yet');
+      // QEMU 7.2 accepts it after a migration ended (it only sets a flag nobody reads then);
+      // with dirty-bitmaps alone there is no RAM postcopy to start.
+      if (!isActiveStatus(st) || !caps['postcopy-ram']) return;
+      this.outgoing!.startPostcopy();
     });
     q.register(
       'migrate-pause',
       (args) => {
         visitNoArgs(args);
-        throw new QmpError(MIGRATE_ERRORS.pauseNotPostcopy);
+        // QEMU looks at the outgoing migration first, then the incoming one.
+        if (this.outgoing?.current === 'postcopy-active') this.outgoing.pause();
+        else if (this.incoming?.status.status === 'postcopy-active') this.incoming.pause();
+        else throw new QmpError(MIGRATE_ERRORS.pauseNotPostcopy);
       },
       { allowOob: true },
     );
     q.register(
       'migrate-recover',
-      (args) => {
-        visitUriArgs(args);
-        throw new QmpError(MIGRATE_ERRORS.recoverNotPaused);
+      async (args) => {
+        const uri = visitUriArgs(args);
+        if (!this.incoming) throw new QmpError(MIGRATE_ERRORS.recoverNotPaused);
+        await this.incoming.recover(uri);
       },
       { allowOob: true },
     );
@@ -256,8 +272,10 @@ export class SimVm {
   private async migrate(args: QmpObject): Promise<void> {
     const a = visitMigrateArgs(args);
     if (a.resume) {
-      if (this.config.capabilities['release-ram']) throw new QmpError(MIGRATE_ERRORS.resumeReleaseRam);
-      throw new QmpError(MIGRATE_ERRORS.resumeNotPaused);
+      // QEMU's migrate_prepare: the state first, then release-ram.
+      if (this.outgoing?.current !== 'postcopy-paused') throw new QmpError(MIGRATE_ERRORS.resumeNotPaused);
+      this.outgoing.resume(a.uri);
+      return;
     }
     if (this.migrationActive()) throw new QmpError(MIGRATE_ERRORS.inProgress);
     if (this.runState === 'inmigrate') throw new QmpError(MIGRATE_ERRORS.waitingIncoming);
