@@ -8,6 +8,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MigrationSource, type SwitchoverEvent } from '../../src/source/source.js';
 import { StatusMachine } from '../../src/control/status.js';
@@ -145,5 +146,40 @@ describe.skipIf(!hasQemu)(`our postcopy source → QEMU 7.2 destination ${qemuSk
     expect(Buffer.compare(Buffer.from(ram), fs.readFileSync(q.ramPath!))).toBe(0);
     expect(Math.max(...latencies)).toBeLessThan(1000);
     console.log(`QEMU faults: ${requests} requests, pmemsave latencies ${latencies.map((l) => l.toFixed(1)).join(', ')} ms`);
+  });
+
+  it('unthrottled postcopy: QEMU faults served in a few ms, the source never blocks its event loop long', async () => {
+    const { q, port } = await qemuDestination();
+    const g = randomGuest(23);
+    fillRandom(g.blocks[0]!.bytes, 23);
+    const src = new MigrationSource(g, { capabilities: { postcopyRam: true }, parameters: { maxBandwidth: 64 * MiB } });
+    const switched = new Promise<void>((r) => src.once('switchover', () => r()));
+    const run = src.migrate(await connect(port), { machineName: 'none', devices });
+    await new Promise((r) => setTimeout(r, 100));
+    src.startPostcopy();
+    await switched;
+    const h = monitorEventLoopDelay({ resolution: 1 });
+    h.enable();
+    while (!src.returnPath!.pongs.includes(3)) await new Promise((r) => setTimeout(r, 1));
+    const ram = g.blocks[0]!.bytes;
+    const latencies: number[] = [];
+    for (let k = 0; k < 12 && src.status === 'postcopy-active' && (src.ramStats().remaining ?? 0) > 16 * MiB; k++) {
+      const addr = (63 - k * 2) * MiB + 4096 * k;
+      const out = `${q.dir}/u-${k}.bin`;
+      const t0 = performance.now();
+      await q.qmp.execute('pmemsave', { val: addr, size: 4096, filename: out });
+      latencies.push(performance.now() - t0);
+      expect(Buffer.compare(fs.readFileSync(out), Buffer.from(ram.subarray(addr, addr + 4096)))).toBe(0);
+    }
+    expect(await run).toBe('completed');
+    h.disable();
+    await waitForStatus(q.qmp, 'completed', 10_000);
+    expect(Buffer.compare(Buffer.from(ram), fs.readFileSync(q.ramPath!))).toBe(0);
+    const gap = h.max / 1e6;
+    latencies.sort((x, y) => x - y);
+    console.log(`unthrottled: ${latencies.length} faults, pmemsave p50 ${latencies[latencies.length >> 1]?.toFixed(1)} max ${latencies.at(-1)?.toFixed(1)} ms; source event-loop max gap ${gap.toFixed(1)} ms`);
+    expect(latencies.length).toBeGreaterThan(2);
+    expect(latencies[latencies.length >> 1]!).toBeLessThan(20);
+    expect(gap).toBeLessThan(25);
   });
 });
