@@ -182,4 +182,20 @@ describe.skipIf(!hasQemu)(`our postcopy source → QEMU 7.2 destination ${qemuSk
     expect(latencies[latencies.length >> 1]!).toBeLessThan(20);
     expect(gap).toBeLessThan(25);
   });
+
+  it('postcopy-ram on but never started: ADVISE at the start, then plain precopy completion (EOF, vmdesc) is accepted', async () => {
+    const { q, port } = await qemuDestination();
+    const g = randomGuest(24);
+    const src = new MigrationSource(g, { capabilities: { postcopyRam: true }, parameters: { maxBandwidth: 1e12 } });
+    let switched = false;
+    src.on('switchover', () => (switched = true));
+    expect(await src.migrate(await connect(port), { machineName: 'none', devices })).toBe('completed');
+    expect(switched).toBe(false);
+    expect(src.returnPath!.shutValue).toBe(0);
+    expect(src.returnPath!.pongs).toEqual([1]);
+    await waitForStatus(q.qmp, 'completed', 10_000);
+    expect(Buffer.compare(Buffer.from(g.blocks[0]!.bytes), fs.readFileSync(q.ramPath!))).toBe(0);
+    expect(g.stopped).toBe(true);
+    expect(() => src.startPostcopy()).not.toThrow(); // harmless once ended
+  });
 });
