@@ -101,7 +101,8 @@ export abstract class PostcopySource extends SourceCore {
    * shuts the channel, emits 'paused'. False when not postcopy-active.
    */
   protected enterPaused(reason: string): boolean {
-    if (this.status !== 'postcopy-active') return false;
+    // Before the package is out a failure is fatal (QEMU's postcopy_start fails).
+    if (this.status !== 'postcopy-active' || !this.handedOver) return false;
     if (!this.statusPort.transition('postcopy-active', 'postcopy-paused')) return false;
     this.keepalive?.stop();
     this.saver?.urgent.splice(0);
@@ -243,7 +244,8 @@ export abstract class PostcopySource extends SourceCore {
    */
   pause(): void {
     if (this.status !== 'postcopy-active') throw new PostcopyError('STATE', MIGRATE_ERRORS.pauseNotPostcopy);
-    this.enterPaused('migrate-pause');
+    // During the switchover itself the cut makes it fail.
+    if (!this.enterPaused('migrate-pause')) this.shutdownChannel();
   }
 
   /**

@@ -6,7 +6,7 @@
  * mid-message) is told apart (`ioError`): in postcopy it pauses instead.
  * In recovery mode RECV_BITMAP replies (§5.6) are read with their bitmap.
  */
-import { ProtocolError, TruncatedError } from '../errors.js';
+import { PostcopyError, ProtocolError, TruncatedError } from '../errors.js';
 import { RP_MSG_NAMES, RpMsg, TARGET_PAGE_SIZE } from '../wire/constants.js';
 import { decodeRecvBitmapData, decodeRpMessage } from '../wire/return-path.js';
 import type { ChannelReader } from '../engine/bytes.js';
@@ -65,8 +65,11 @@ export class SourceReturnPath {
     this.lastReqBlock = opts.lastReqBlock;
     this.done = this.run().catch((e: unknown) => {
       const err = e instanceof Error ? e : new Error(String(e));
-      // A ProtocolError is a bad message; anything else (and a short read) is I/O.
-      if (!(err instanceof ProtocolError) || err instanceof TruncatedError) this.ioError = true;
+      // A bad message (ProtocolError, or a request the source refuses) is not I/O; a short read is.
+      const bad =
+        (err instanceof ProtocolError && !(err instanceof TruncatedError)) ||
+        (err instanceof PostcopyError && err.code === 'RETURN_PATH');
+      if (!bad) this.ioError = true;
       this.error ??= err;
     });
   }

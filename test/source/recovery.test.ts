@@ -175,11 +175,15 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     expect(Buffer.compare(Buffer.from(dest.ram), Buffer.from(g.blocks[0]!.bytes))).toBe(0);
   });
 
-  it('a bad return-path message in postcopy does not pause: the migration fails at the end', async () => {
+  it.each([
+    ['no previous block', { kind: 'reqPages', start: 4096, length: 4096 }, /no previous block/],
+    ['unknown block', { kind: 'reqPagesId', start: 4096, length: 4096, blockName: 'nope' }, /Unknown block name: nope/],
+    ['overrun', { kind: 'reqPagesId', start: 4 * MiB, length: 4096, blockName: 'ram' }, /Request out of range/],
+  ] as const)('a bad return-path message in postcopy (%s) does not pause: the migration fails at the end', async (_n, msg, desc) => {
     const { src, paused, g } = setup();
     const [a, b] = memoryChannelPair();
     const dest = new ScriptedDestination(4 * MiB, {
-      onListen: (d) => d.send({ kind: 'reqPages', start: 4096, length: 4096 }), // no previous block
+      onListen: (d) => d.send(msg),
     });
     const run = src.migrate(a);
     void dest.serve(b);
@@ -187,7 +191,7 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     src.startPostcopy();
     expect(await run).toBe('failed');
     expect(paused).toEqual([]);
-    expect(src.queryMigrate()['error-desc']).toMatch(/no previous block/);
+    expect(src.queryMigrate()['error-desc']).toMatch(desc);
     expect(g.resumed).toBe(0); // the guest belongs to the destination after RUN
   });
 });
