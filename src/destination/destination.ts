@@ -1,8 +1,10 @@
 /**
- * MigrationDestination: the incoming precopy state machine (SPEC §1–§3).
- * none → active → completed | failed. Checks the header and configuration,
- * loads sections with footers, RAM, globalstate and (when adopting) opaque
- * device sections, answers commands, sends SHUT on the return path.
+ * MigrationDestination: the incoming migration (SPEC §1–§3, §6, §7).
+ * none → active → [postcopy-active ⇄ postcopy-paused → postcopy-recover →]
+ * completed | failed. Checks the header and configuration, loads sections
+ * with footers, RAM, globalstate and (when adopting) opaque device sections,
+ * answers commands, runs the postcopy states (postcopy.ts), the fault API
+ * (faults.ts) and the recovery handshake, sends SHUT on the return path.
  */
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
@@ -15,6 +17,7 @@ import {
   MIG_CMD_NAMES,
   MigCmd,
   POSTCOPY_ADVISE_LEN,
+  RESUME_ACK_VALUE,
   QEMU_VM_FILE_MAGIC,
   QEMU_VM_FILE_VERSION,
   QEMU_VM_FILE_VERSION_COMPAT,
@@ -22,7 +25,22 @@ import {
   RAM_SECTION_VERSION,
   SectionType,
 } from '../wire/constants.js';
+import { Readable } from 'node:stream';
 import { ChannelReader } from '../engine/bytes.js';
+import { ByteCursor } from '../wire/cursor.js';
+import { decodeCommandBody } from '../wire/command.js';
+import { encodeRecvBitmapData } from '../wire/return-path.js';
+import { FaultService, type FaultRecord } from './faults.js';
+import type { FaultLatency } from './blocktime.js';
+import {
+  applyDiscards,
+  checkAdvisePageSizes,
+  checkPostcopyState,
+  packageDeviceEnd,
+  recvBitmapBytes,
+  zapRam,
+  type PostcopyState,
+} from './postcopy.js';
 import { StreamWriter } from '../wire/writer.js';
 import { encodeRpMessage } from '../wire/return-path.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
@@ -56,11 +74,44 @@ export interface DestinationOptions {
    * recovery's RECV_BITMAP needs); plain words otherwise.
    */
   hotpath?: Hotpath;
+  /** postcopy-blocktime capability: query-migrate reports blocktime once completed. */
+  postcopyBlocktime?: boolean;
+  /**
+   * Silent link: while postcopy-active with faults outstanding, pause when
+   * nothing was received for this long, ms. Default KEEPALIVE_TIMEOUT_MS (5000).
+   */
+  keepaliveTimeoutMs?: number;
+}
+
+/** Our keepalive timeout (the source's KEEPALIVE_TIMEOUT_MS). */
+export const DEST_KEEPALIVE_TIMEOUT_MS = 5000;
+/** Our extra query-migrate member once any fault happened. */
+export interface FaultLatencyInfo {
+  count: number;
+  'p50-us': number;
+  'p99-us': number;
+  'max-us': number;
+}
+/** query-migrate on the destination. */
+export interface DestinationMigrationInfo {
+  status?: MigrationStatus;
+  'error-desc'?: string;
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
+  'x-postcopy-fault-latency'?: FaultLatencyInfo;
 }
 
 const hex = (v: number): string => v.toString(16);
 
-/** The incoming side of one migration. Emits 'runstate' (name) after load. */
+/** What a section loop stopped at. */
+type LoopEnd = 'eof' | 'run';
+
+/**
+ * The incoming side of one migration. Emits 'runstate' (name) when the run
+ * state is applied (after load, or at POSTCOPY_RUN), 'postcopyListen',
+ * 'postcopyRun', 'fault' (FaultRecord), 'pagePlaced' {idstr, offset,
+ * latencyUs}, 'paused' {reason}, 'resumed' {}.
+ */
 export class MigrationDestination extends EventEmitter {
   readonly statusPort: StatusPort;
   private readonly ram: RamLoader;
@@ -82,6 +133,23 @@ export class MigrationDestination extends EventEmitter {
   private fullSeen = 0;
   /** Received bitmaps as PageBitmaps (only with the `hotpath` option). */
   readonly receivedBitmaps = new Map<string, PageBitmap>();
+  private pcState: PostcopyState = 'none';
+  /** Section id → idstr of the iterable sections (kept across channels). */
+  private readonly sections = new Map<number, string>();
+  private readonly fault: FaultService;
+  /** The current input (replaced by recover()). */
+  private channel: Duplex | undefined;
+  private reader: ChannelReader | undefined;
+  /** Incremented by every installed channel. */
+  private gen = 0;
+  private inputWaiter: { gen: number; resolve: () => void; reject: (e: unknown) => void } | undefined;
+  private recovering: { resolve: () => void; reject: (e: unknown) => void } | undefined;
+  private lastData = performance.now();
+  private watchdog: NodeJS.Timeout | undefined;
+  /** Why the last pause happened. */
+  pauseReason: string | undefined;
+  /** RECV_BITMAP replies sent (block names, in order). */
+  readonly recvBitmaps: string[] = [];
 
   constructor(opts: DestinationOptions = {}) {
     super();
@@ -100,10 +168,23 @@ export class MigrationDestination extends EventEmitter {
           }
         : undefined,
     );
+    this.fault = new FaultService({
+      block: (idstr) => {
+        const b = this.ram.block(idstr);
+        return b ? { bits: this.ram.received.get(idstr)!, usedLength: b.usedLength } : undefined;
+      },
+      send: (idstr, offset, length, withId) => this.sendPageRequest(idstr, offset, length, withId),
+      emit: (event, payload) => void this.emit(event, payload),
+    });
+    this.ram.onPlaced = (idstr, page) => this.fault.placed(idstr, page);
   }
 
   get status(): MigrationStatus {
     return this.statusPort.status;
+  }
+  /** The postcopy state: 'none'|'advise'|'discard'|'listening'|'running'|'end'. */
+  get postcopyState(): PostcopyState {
+    return this.pcState;
   }
   /** RAM blocks (the adopted layout after setup when adopting). */
   get blocks(): readonly EngineRamBlock[] {
@@ -118,37 +199,106 @@ export class MigrationDestination extends EventEmitter {
     return { ...this.ram.counters };
   }
 
+  // ---- fault API ----
+
+  /** True when every page of the range has been received (or the migration completed). */
+  isReceived(idstr: string, offset: number, length?: number): boolean {
+    return this.fault.isReceived(idstr, offset, length);
+  }
+  /**
+   * Resolves once every page of [offset, offset+length) of block idstr is
+   * placed. Before LISTEN it waits for the pages to arrive; from LISTEN on a
+   * missing page is requested (one request per page, kept over a pause and
+   * re-sent after RESUME_ACK). Rejects only if the migration failed.
+   */
+  ensure(idstr: string, offset: number, length?: number): Promise<void> {
+    return this.fault.ensure(idstr, offset, length);
+  }
+  /** ensure() then a view of the block's bytes (no copy). */
+  async read(idstr: string, offset: number, length: number): Promise<Uint8Array> {
+    await this.fault.ensure(idstr, offset, length);
+    return this.ram.block(idstr)!.bytes.subarray(offset, offset + length);
+  }
+  /** Page requests as they are sent, until the migration ends. */
+  faults(): AsyncIterable<FaultRecord> {
+    return this.fault.faults();
+  }
+  /** Requests sent and fault → placement latency of requested pages, µs. */
+  faultStats(): FaultLatency {
+    return this.fault.stats();
+  }
+  /** Faults waited for and not yet placed. */
+  get outstandingFaults(): number {
+    return this.fault.outstanding;
+  }
+
   /** query-migrate for the destination. */
-  queryMigrate(): { status?: MigrationStatus; 'error-desc'?: string } {
+  queryMigrate(): DestinationMigrationInfo {
     if (this.status === 'none') return {};
-    if (this.status === 'failed') return { status: 'failed', 'error-desc': this.errorDesc ?? 'unknown error' };
-    return { status: this.status };
+    const out: DestinationMigrationInfo =
+      this.status === 'failed' ? { status: 'failed', 'error-desc': this.errorDesc ?? 'unknown error' } : { status: this.status };
+    if (this.status === 'completed' && this.opts.postcopyBlocktime && this.pcState !== 'none') {
+      const ms = Math.round(this.fault.blocktimeMs());
+      out['postcopy-blocktime'] = ms;
+      out['postcopy-vcpu-blocktime'] = [ms];
+    }
+    if (this.fault.anyFault) {
+      const st = this.fault.stats();
+      out['x-postcopy-fault-latency'] = { count: st.count, 'p50-us': st.p50Us, 'p99-us': st.p99Us, 'max-us': st.maxUs };
+    }
+    return out;
   }
 
   /**
    * Loads a whole incoming migration from `channel`. Resolves with the final
-   * status; a load error ends in `failed` with error-desc (QEMU's message).
+   * status; stays pending across postcopy-paused/recover. A load error before
+   * POSTCOPY_RUN ends in `failed` with error-desc (QEMU's message); after it,
+   * any error pauses (postcopy-paused) until recover().
    */
   async load(channel: Duplex, opts: { signal?: AbortSignal } = {}): Promise<MigrationStatus> {
     if (this.status !== 'none') throw new PostcopyError('STATE', 'incoming migration already started');
     this.statusPort.transition('none', 'active');
-    const r = new ChannelReader(channel);
-    const onAbort = (): void => void channel.destroy(new PostcopyError('CANCELLED', 'incoming migration aborted'));
+    this.attach(channel);
+    const onAbort = (): void => {
+      const e = new PostcopyError('CANCELLED', 'incoming migration aborted');
+      this.channel?.destroy(e);
+      this.inputWaiter?.reject(e);
+    };
     opts.signal?.addEventListener('abort', onAbort);
     if (opts.signal?.aborted) onAbort();
     try {
-      await this.loadStream(r, channel);
-      this.applyRunState();
+      await this.loadHeader(this.reader!);
+      for (;;) {
+        const gen = this.gen;
+        try {
+          await this.loadSections(this.reader!, false);
+          break;
+        } catch (e) {
+          if (gen === this.gen) {
+            if (!this.pausable()) throw e;
+            if ((this.status as MigrationStatus) !== 'postcopy-paused') this.pauseNow(e);
+          }
+          await this.waitForInput(gen);
+        }
+      }
+      if (this.pcState === 'none' || this.pcState === 'advise' || this.pcState === 'discard') this.applyRunState();
+      if (this.pcState === 'running') this.pcState = 'end';
       await this.sendShut(0);
-      this.statusPort.transition('active', 'completed');
-      channel.end();
+      this.stopWatchdog();
+      this.statusPort.transition(this.status, 'completed');
+      this.fault.complete();
+      this.channel?.end();
     } catch (e) {
+      this.stopWatchdog();
       this.errorDesc = describeError(e);
       this.error = e;
       await this.sendShut(1).catch(() => undefined);
-      this.statusPort.transition('active', 'failed');
-      channel.end();
-      setTimeout(() => channel.destroy(), 1000).unref();
+      this.statusPort.transition(this.status, 'failed');
+      this.fault.fail(e);
+      this.recovering?.reject(e);
+      const ch = this.channel;
+      ch?.end();
+      setTimeout(() => ch?.destroy(), 1000).unref();
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }
@@ -157,6 +307,111 @@ export class MigrationDestination extends EventEmitter {
 
   /** The error that failed the load, with its offset. */
   error: unknown;
+
+  /**
+   * migrate-pause on the destination: only in postcopy-active (else QEMU's
+   * text); shuts the input → postcopy-paused.
+   */
+  pause(): void {
+    if (this.status !== 'postcopy-active') {
+      throw new PostcopyError('STATE', 'migrate-pause is currently only supported during postcopy-active state');
+    }
+    this.pauseNow(new PostcopyError('IO', 'migrate-pause'));
+  }
+
+  /**
+   * After migrate-recover's listener accepted a connection: installs it as
+   * input and return path and runs the destination side of the handshake
+   * (RECV_BITMAP replies, POSTCOPY_RESUME → RESUME_ACK). Resolves at
+   * postcopy-active; rejects (status back to postcopy-paused) when the channel
+   * breaks first. Only in postcopy-paused.
+   */
+  recover(channel: Duplex): Promise<void> {
+    if (this.status !== 'postcopy-paused') {
+      return Promise.reject(new PostcopyError('STATE', 'Migrate recover can only be run when postcopy is paused.'));
+    }
+    this.statusPort.transition('postcopy-paused', 'postcopy-recover');
+    const done = new Promise<void>((resolve, reject) => (this.recovering = { resolve, reject }));
+    this.attach(channel);
+    // A recovery channel carries no OPEN_RETURN_PATH: its reverse direction is the return path.
+    this.rpWriter = new StreamWriter(channel, { batchSize: 4096 });
+    return done;
+  }
+
+  /** Installs `channel` as the input; wakes a load loop waiting for it. */
+  private attach(channel: Duplex): void {
+    this.channel = channel;
+    this.reader = new ChannelReader(channel);
+    this.ram.forgetLastBlock();
+    this.gen++;
+    this.lastData = performance.now();
+    channel.on('data', () => (this.lastData = performance.now()));
+    channel.on('error', () => undefined);
+    const w = this.inputWaiter;
+    if (w && this.gen > w.gen) {
+      this.inputWaiter = undefined;
+      w.resolve();
+    }
+  }
+
+  private waitForInput(gen: number): Promise<void> {
+    if (this.gen > gen) return Promise.resolve();
+    return new Promise((resolve, reject) => (this.inputWaiter = { gen, resolve, reject }));
+  }
+
+  /** Errors pause (never fail) once POSTCOPY_RUN was handled. */
+  private pausable(): boolean {
+    const s = this.status;
+    return this.pcState === 'running' && (s === 'postcopy-active' || s === 'postcopy-recover' || s === 'postcopy-paused');
+  }
+
+  /** → postcopy-paused: both directions closed, faults kept, a pending recover() rejected. */
+  private pauseNow(reason: unknown): void {
+    const s = this.status;
+    if (s === 'postcopy-active' || s === 'postcopy-recover') this.statusPort.transition(s, 'postcopy-paused');
+    this.pauseReason = describeError(reason);
+    this.fault.pause();
+    this.stopWatchdog();
+    this.rpWriter = undefined;
+    this.channel?.destroy();
+    const rec = this.recovering;
+    this.recovering = undefined;
+    rec?.reject(reason instanceof Error ? reason : new PostcopyError('IO', String(reason)));
+    this.emit('paused', { reason: this.pauseReason });
+  }
+
+  /** Silent link (postcopy-active, faults outstanding, nothing received for the timeout) → pause. */
+  private startWatchdog(): void {
+    const timeout = this.opts.keepaliveTimeoutMs ?? DEST_KEEPALIVE_TIMEOUT_MS;
+    this.stopWatchdog();
+    this.watchdog = setInterval(
+      () => {
+        if (this.status !== 'postcopy-active' || this.fault.outstanding === 0) return;
+        if (performance.now() - this.lastData > timeout) {
+          this.pauseNow(new PostcopyError('IO', `no data from the source for ${timeout} ms with page requests outstanding`));
+        }
+      },
+      Math.max(10, Math.floor(timeout / 5)),
+    );
+    this.watchdog.unref();
+  }
+
+  private stopWatchdog(): void {
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = undefined;
+  }
+
+  private sendPageRequest(idstr: string, offset: number, length: number, withId: boolean): boolean {
+    const w = this.rpWriter;
+    if (!w || this.status !== 'postcopy-active') return false;
+    try {
+      encodeRpMessage(w, withId ? { kind: 'reqPagesId', start: offset, length, blockName: idstr } : { kind: 'reqPages', start: offset, length });
+      w.push();
+    } catch {
+      return false;
+    }
+    return true;
+  }
 
   private async sendShut(value: number): Promise<void> {
     const w = this.rpWriter;
@@ -172,7 +427,7 @@ export class MigrationDestination extends EventEmitter {
     this.emit('runstate', this.runState);
   }
 
-  private async loadStream(r: ChannelReader, channel: Duplex): Promise<void> {
+  private async loadHeader(r: ChannelReader): Promise<void> {
     await r.need(8, 'stream header');
     const magic = r.be32();
     if (magic !== QEMU_VM_FILE_MAGIC) throw new ProtocolError('stream header', 'Not a migration stream', 0);
@@ -180,7 +435,14 @@ export class MigrationDestination extends EventEmitter {
     if (version === QEMU_VM_FILE_VERSION_COMPAT) throw new ProtocolError('stream header', "SaveVM v2 format is obsolete and don't work anymore", 4);
     if (version !== QEMU_VM_FILE_VERSION) throw new ProtocolError('stream header', 'Unsupported migration stream version', 4);
     await loadConfiguration(r, this.opts.machineName ?? 'none', this.warnings);
-    const sections = new Map<number, string>();
+  }
+
+  /**
+   * Loads sections and commands until EOF (or, inside a package, RUN).
+   * `inPackage`: the nested stream of a PACKAGED blob.
+   */
+  private async loadSections(r: ChannelReader, inPackage: boolean): Promise<LoopEnd> {
+    const sections = this.sections;
     for (;;) {
       await r.need(1, 'section type');
       const at = r.offset;
@@ -206,8 +468,9 @@ export class MigrationDestination extends EventEmitter {
             this.fullSeen++;
           } else if (this.opts.adopt && type === SectionType.FULL) {
             const hdr = sectionHeaderBytes(id, idstr, instanceId, versionId);
+            if (inPackage) return this.loadPackageDevices(r, hdr, at);
             await this.loadOpaqueTail(r, hdr, at);
-            return;
+            return 'eof';
           } else {
             throw new ProtocolError(
               'section',
@@ -229,11 +492,12 @@ export class MigrationDestination extends EventEmitter {
           break;
         }
         case SectionType.COMMAND:
-          await this.loadCommand(r, channel, at);
+          if ((await this.loadCommand(r, at)) === 'run') return 'run';
           break;
         case SectionType.EOF:
-          await this.loadVmdesc(r);
-          return;
+          // A postcopy stream ends without a vmdesc (SPEC §6.2 step 11); a package has none either.
+          if (!inPackage && (this.pcState === 'none' || this.pcState === 'advise' || this.pcState === 'discard')) await this.loadVmdesc(r);
+          return 'eof';
         default:
           throw new ProtocolError('section', `Unknown savevm section type ${type}`, at);
       }
@@ -249,7 +513,7 @@ export class MigrationDestination extends EventEmitter {
     if (got !== id) throw new ProtocolError('section', `Mismatched section id in footer for ${idstr} - read 0x${hex(got)} expected 0x${hex(id)}`, at);
   }
 
-  private async loadCommand(r: ChannelReader, channel: Duplex, at: number): Promise<void> {
+  private async loadCommand(r: ChannelReader, at: number): Promise<LoopEnd | void> {
     await r.need(4, 'command header');
     const cmd = r.be16();
     const len = r.be16();
@@ -266,7 +530,7 @@ export class MigrationDestination extends EventEmitter {
     switch (cmd) {
       case MigCmd.OPEN_RETURN_PATH:
         if (this.rpWriter) this.warnings.push('CMD_OPEN_RETURN_PATH called when RP already open');
-        else this.rpWriter = new StreamWriter(channel, { batchSize: 4096 });
+        else this.rpWriter = new StreamWriter(this.channel!, { batchSize: 4096 });
         return;
       case MigCmd.PING: {
         const v = dv.getUint32(0);
@@ -277,16 +541,118 @@ export class MigrationDestination extends EventEmitter {
         await w.flush();
         return;
       }
-      case MigCmd.POSTCOPY_ADVISE: {
-        const on = this.opts.postcopyRam ?? false;
-        if (len === 0 && on) throw new ProtocolError('command', 'RAM postcopy is enabled but have 0 byte advise', at);
-        if (len === POSTCOPY_ADVISE_LEN && !on) throw new ProtocolError('command', 'RAM postcopy is disabled but have 16 byte advise', at);
-        if (len !== 0 && len !== POSTCOPY_ADVISE_LEN) throw new ProtocolError('command', `CMD_POSTCOPY_ADVISE invalid length (${len})`, at);
+      case MigCmd.POSTCOPY_ADVISE:
+        return this.handleAdvise(dv, len, at);
+      case MigCmd.POSTCOPY_RAM_DISCARD:
+        return this.handleDiscard(p, len, at);
+      case MigCmd.POSTCOPY_LISTEN:
+        checkPostcopyState('CMD_POSTCOPY_LISTEN', this.pcState, ['advise', 'discard'], at);
+        this.pcState = 'listening';
+        this.ram.postcopy = true;
+        this.statusPort.transition('active', 'postcopy-active');
+        this.fault.listen();
+        this.startWatchdog();
+        this.emit('postcopyListen');
+        return;
+      case MigCmd.POSTCOPY_RUN:
+        checkPostcopyState('CMD_POSTCOPY_RUN', this.pcState, ['listening'], at);
+        this.pcState = 'running';
+        this.applyRunState();
+        this.emit('postcopyRun');
+        return 'run';
+      case MigCmd.PACKAGED: {
+        const n = dv.getUint32(0);
+        await r.need(n, 'CMD_PACKAGED blob');
+        const blob = r.take(n);
+        await this.loadSections(readerOf(blob), true);
         return;
       }
+      case MigCmd.RECV_BITMAP:
+        return this.handleRecvBitmap(p, len, at);
+      case MigCmd.POSTCOPY_RESUME:
+        return this.handleResume();
       default:
         throw new ProtocolError('command', `${MIG_CMD_NAMES[cmd]} is not supported by this destination yet`, at);
     }
+  }
+
+  private handleAdvise(dv: DataView, len: number, at: number): void {
+    checkPostcopyState('CMD_POSTCOPY_ADVISE', this.pcState, ['none'], at);
+    this.pcState = 'advise';
+    const on = this.opts.postcopyRam ?? false;
+    if (len === 0 && on) throw new ProtocolError('command', 'RAM postcopy is enabled but have 0 byte advise', at);
+    if (len === POSTCOPY_ADVISE_LEN && !on) throw new ProtocolError('command', 'RAM postcopy is disabled but have 16 byte advise', at);
+    if (len !== 0 && len !== POSTCOPY_ADVISE_LEN) throw new ProtocolError('command', `CMD_POSTCOPY_ADVISE invalid length (${len})`, at);
+    if (len === 0) return;
+    checkAdvisePageSizes(dv.getBigUint64(0), dv.getBigUint64(8), at);
+    zapRam(this.ram.blocks, this.ram.received);
+  }
+
+  private handleDiscard(p: Uint8Array, len: number, at: number): void {
+    checkPostcopyState('CMD_POSTCOPY_RAM_DISCARD', this.pcState, ['advise', 'discard'], at);
+    this.pcState = 'discard';
+    const raw = new Uint8Array(4 + len);
+    raw[0] = MigCmd.POSTCOPY_RAM_DISCARD >> 8;
+    raw[1] = MigCmd.POSTCOPY_RAM_DISCARD & 0xff;
+    raw[2] = len >> 8;
+    raw[3] = len & 0xff;
+    raw.set(p, 4);
+    const c = decodeCommandBody(new ByteCursor(raw, 0, at + 1));
+    if (c.kind !== 'postcopyRamDiscard') throw new ProtocolError('command', 'CMD_POSTCOPY_RAM_DISCARD decode failed', at);
+    applyDiscards(this.ram.block(c.blockName), c.blockName, this.ram.received.get(c.blockName), c.ranges, at);
+  }
+
+  private async handleRecvBitmap(p: Uint8Array, len: number, at: number): Promise<void> {
+    const nameLen = len > 0 ? p[0]! : -1;
+    if (nameLen + 1 !== len) throw new ProtocolError('command', `loadvm_handle_recv_bitmap: invalid payload length (${len})`, at);
+    const name = Buffer.from(p.subarray(1)).toString('latin1');
+    const block = name ? this.ram.block(name) : undefined;
+    if (!block) throw new ProtocolError('command', `loadvm_handle_recv_bitmap: block '${name}' not found`, at);
+    if (this.status !== 'postcopy-recover') {
+      this.warnings.push(`loadvm_handle_recv_bitmap: RECV_BITMAP in status ${this.status} ignored`);
+      return;
+    }
+    const w = this.rpWriter!;
+    encodeRpMessage(w, { kind: 'recvBitmap', blockName: name });
+    encodeRecvBitmapData(w, recvBitmapBytes(this.ram.received.get(name)!, block.usedLength));
+    this.recvBitmaps.push(name);
+    await w.flush();
+  }
+
+  private async handleResume(): Promise<void> {
+    if (this.status !== 'postcopy-recover') {
+      this.warnings.push('illegal resume received');
+      return;
+    }
+    this.statusPort.transition('postcopy-recover', 'postcopy-active');
+    const w = this.rpWriter!;
+    encodeRpMessage(w, { kind: 'resumeAck', value: RESUME_ACK_VALUE });
+    w.push();
+    this.fault.resume();
+    this.startWatchdog();
+    const rec = this.recovering;
+    this.recovering = undefined;
+    rec?.resolve();
+    this.emit('resumed', {});
+    await w.flush();
+  }
+
+  /**
+   * An adopting destination inside a package: the device sections up to the
+   * trailing PING/RUN are split opaquely; the commands after them parsed.
+   */
+  private async loadPackageDevices(r: ChannelReader, header: Uint8Array, at: number): Promise<LoopEnd> {
+    const body = r.drainBuffered();
+    const rest = concat([header, body], header.length + body.length);
+    const end = packageDeviceEnd(rest);
+    for (const s of splitSections(rest.subarray(0, end), at)) {
+      if (s.idstr === GLOBALSTATE_IDSTR && s.instanceId === 0 && s.payload.length === 4 + GLOBALSTATE_RUNSTATE_LEN) {
+        this.globalState = parseGlobalState(s.payload);
+      } else {
+        this.devices.push(s);
+      }
+    }
+    return this.loadSections(readerOf(rest.subarray(end)), true);
   }
 
   private async loadVmdesc(r: ChannelReader): Promise<void> {
@@ -352,6 +718,11 @@ export class MigrationDestination extends EventEmitter {
       }
     }
   }
+}
+
+/** A reader over bytes already in memory (a package blob). */
+function readerOf(bytes: Uint8Array): ChannelReader {
+  return new ChannelReader(Readable.from([Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)]));
 }
 
 /** error-desc text: QEMU's message without our "what:" prefix and offset (kept for truncation). */

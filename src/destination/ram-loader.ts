@@ -10,8 +10,10 @@ import type { ChannelReader } from '../engine/bytes.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 
 const TP = TARGET_PAGE_SIZE;
-/** Longest synchronous stretch of page loading before yielding, ms. */
+/** Longest synchronous stretch of page loading before yielding, ms (precopy). */
 const YIELD_EVERY_MS = 8;
+/** In postcopy: return-path writes and fault resolutions must not wait longer. */
+const POSTCOPY_YIELD_EVERY_MS = 1;
 const TWO_32 = 0x100000000;
 
 /** Creates a block when the destination adopts the source's RAM layout. */
@@ -39,6 +41,14 @@ export class RamLoader {
   /** Plain (non-shared), aligned page for copies into shared memory. */
   private readonly bounce = new Uint8Array(TP);
   private slice = performance.now();
+  /**
+   * Postcopy path (postcopy state LISTENING/RUNNING, SPEC §6.3): no XBZRLE, a
+   * page is placed only once (a second copy is QEMU's EEXIST), bits are set
+   * atomically after the bytes, and the loader yields every ~1 ms.
+   */
+  postcopy = false;
+  /** Called after a page's bytes are in place and its received bit is set. */
+  onPlaced: ((idstr: string, page: number) => void) | undefined;
 
   constructor(
     blocks: readonly EngineRamBlock[],
@@ -65,7 +75,7 @@ export class RamLoader {
     let n = 0;
     for (;;) {
       // Never starve the event loop while buffered data lasts.
-      if ((++n & 255) === 0 && performance.now() - this.slice > YIELD_EVERY_MS) {
+      if (this.postcopy ? (++n & 15) === 0 && performance.now() - this.slice > POSTCOPY_YIELD_EVERY_MS : (++n & 255) === 0 && performance.now() - this.slice > YIELD_EVERY_MS) {
         await yieldNow();
         this.slice = performance.now();
       }
@@ -76,6 +86,9 @@ export class RamLoader {
       const flags = lo & 0xfff;
       const addr = hi * TWO_32 + (lo - flags);
       const kind = flags & ~RamFlag.CONTINUE;
+      if (this.postcopy && kind !== RamFlag.EOS && kind !== RamFlag.PAGE && kind !== RamFlag.ZERO) {
+        this.fail(`Unknown combination of migration flags: 0x${flags.toString(16)} (postcopy mode)`, at);
+      }
       switch (kind) {
         case RamFlag.EOS:
           return;
@@ -84,7 +97,7 @@ export class RamLoader {
           break;
         case RamFlag.PAGE:
           // Fast path, no promise: a CONTINUE page whose body is already buffered.
-          if (flags & RamFlag.CONTINUE && this.lastBlock && r.available >= TP && addr + TP <= this.lastBlock.usedLength) {
+          if (!this.postcopy && flags & RamFlag.CONTINUE && this.lastBlock && r.available >= TP && addr + TP <= this.lastBlock.usedLength) {
             this.readPage(r, this.lastBlock.bytes, addr);
             this.counters.normal++;
             this.markReceived(this.lastBlock, addr);
@@ -141,6 +154,13 @@ export class RamLoader {
     }
     if (addr + TP > block.usedLength) this.fail(`Illegal RAM offset ${addr.toString(16)}`, at);
     const mem = block.bytes;
+    if (this.postcopy) {
+      const bm = this.received.get(block.idstr)!;
+      const p = addr / TP;
+      if (Atomics.load(bm, p >>> 5) & (1 << (p & 31))) {
+        this.fail(`postcopy_place_page: File exists copy host: ${block.idstr}+0x${addr.toString(16)} (size: ${TP})`, at);
+      }
+    }
     switch (kind) {
       case RamFlag.ZERO: {
         if (r.available < 1) await r.need(1, 'zero page fill');
@@ -190,6 +210,19 @@ export class RamLoader {
   private markReceived(block: EngineRamBlock, addr: number): void {
     const bm = this.received.get(block.idstr)!;
     const p = addr / TP;
-    bm[p >>> 5] = bm[p >>> 5]! | (1 << (p & 31));
+    // Atomic: a reader that sees the bit also sees the page bytes written before it.
+    if (this.postcopy) Atomics.or(bm, p >>> 5, 1 << (p & 31));
+    else bm[p >>> 5] = bm[p >>> 5]! | (1 << (p & 31));
+    this.onPlaced?.(block.idstr, p);
+  }
+
+  /** A new channel after a pause: the next record names its block again. */
+  forgetLastBlock(): void {
+    this.lastBlock = undefined;
+  }
+
+  /** A block by idstr. */
+  block(idstr: string): EngineRamBlock | undefined {
+    return this.byName.get(idstr);
   }
 }
