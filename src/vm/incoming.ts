@@ -154,6 +154,9 @@ export class Incoming {
     } catch {
       return; // listener closed
     }
+    // One connection per migration (QEMU stops listening once it has its channel; the
+    // address stays in query-migrate, and migrate-recover may listen on it again).
+    void l.close().catch(() => undefined);
     this.channel = ch;
     const vm = this.vm;
     const adopt = vm.memory === undefined;
@@ -184,7 +187,6 @@ export class Incoming {
     // event, which comes after the load and before the status change.
     dest.once('runstate', () => this.finishLoad(dest, adopt, machineName));
     const status = await dest.load(ch);
-    void l.close();
     if (status === 'completed') this.finishLoad(dest, adopt, machineName);
     else {
       const why = dest.queryMigrate()['error-desc'] ?? 'unknown error';
