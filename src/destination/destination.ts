@@ -237,7 +237,7 @@ export class MigrationDestination extends EventEmitter {
     if (this.status === 'none') return {};
     const out: DestinationMigrationInfo =
       this.status === 'failed' ? { status: 'failed', 'error-desc': this.errorDesc ?? 'unknown error' } : { status: this.status };
-    if (this.status === 'completed' && this.opts.postcopyBlocktime && this.pcState !== 'none') {
+    if (this.status === 'completed' && this.opts.postcopyBlocktime && this.pcState === 'end') {
       const ms = Math.round(this.fault.blocktimeMs());
       out['postcopy-blocktime'] = ms;
       out['postcopy-vcpu-blocktime'] = [ms];

@@ -157,7 +157,10 @@ export class FaultService {
   /** LISTEN: from now on missing pages are requested; earlier waiters are requested now. */
   listen(): void {
     this.mode = 'postcopy';
-    this.acct.outstanding(this.size, performance.now());
+    const now = performance.now();
+    // Waits that began in precopy count as faults from now on (latency and blocktime).
+    for (const m of this.pending.values()) for (const e of m.values()) e.t0 = now;
+    this.acct.outstanding(this.size, now);
     this.sendAll(false);
   }
 
