@@ -7,6 +7,7 @@
  * (faults.ts) and the recovery handshake, sends SHUT on the return path.
  */
 import { EventEmitter } from 'node:events';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { PostcopyError, ProtocolError, TruncatedError } from '../errors.js';
 import {
@@ -341,6 +342,8 @@ export class MigrationDestination extends EventEmitter {
   /** Installs `channel` as the input; wakes a load loop waiting for it. */
   private attach(channel: Duplex): void {
     this.channel = channel;
+    // Page requests are tiny writes: Nagle + the peer's delayed ACK would hold them ~40 ms.
+    if (channel instanceof Socket) channel.setNoDelay(true);
     this.reader = new ChannelReader(channel);
     this.ram.forgetLastBlock();
     this.gen++;
