@@ -6,11 +6,11 @@
  * migration completes and our RAM equals QEMU's RAM file.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MigrationDestination } from '../../src/destination/destination.js';
 import type { FaultRecord } from '../../src/destination/faults.js';
+import { listen } from './qemu-helpers.js';
 import { hasQemu, qemuSkipReason, startQemu, waitForStatus, sleep, type QemuProcess } from '../interop/harness/index.js';
 
 const TP = 4096;
@@ -18,13 +18,6 @@ const procs: QemuProcess[] = [];
 afterEach(async () => {
   for (const p of procs.splice(0)) await p.cleanup();
 });
-
-export async function listen(): Promise<{ server: net.Server; port: number; conn: Promise<net.Socket> }> {
-  const server = net.createServer();
-  const conn = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { server, port: (server.address() as net.AddressInfo).port, conn };
-}
 
 /** Deterministic page picker. */
 function rng(seed: number): () => number {
