@@ -44,6 +44,11 @@ export class FaultAccounting {
     }
   }
 
+  /** When the current blocked interval began (performance.now ms), -1 when not blocked. */
+  get blockedSinceMs(): number {
+    return this.blockedSince;
+  }
+
   /** Total blocked time so far, ms (an interval still open counts up to `now`). */
   blocktimeMs(now = performance.now()): number {
     return this.blockedMs + (this.blockedSince >= 0 ? now - this.blockedSince : 0);

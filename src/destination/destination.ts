@@ -390,7 +390,7 @@ export class MigrationDestination extends EventEmitter {
     this.watchdog = setInterval(
       () => {
         if (this.status !== 'postcopy-active' || this.fault.outstanding === 0) return;
-        if (performance.now() - this.lastData > timeout) {
+        if (performance.now() - Math.max(this.lastData, this.fault.outstandingSince) > timeout) {
           this.pauseNow(new PostcopyError('IO', `no data from the source for ${timeout} ms with page requests outstanding`));
         }
       },

@@ -68,6 +68,11 @@ export class FaultService {
     return this.size;
   }
 
+  /** Since when faults have been outstanding without a break (ms, performance.now), -1 if none. */
+  get outstandingSince(): number {
+    return this.acct.blockedSinceMs;
+  }
+
   /** Current mode. */
   get state(): FaultMode {
     return this.mode;
