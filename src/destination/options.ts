@@ -1,0 +1,55 @@
+/**
+ * MigrationDestination's options and query-migrate shape.
+ */
+import type { EngineRamBlock, PageOps } from '../engine/ports.js';
+import type { MigrationStatus, StatusPort } from '../engine/status.js';
+import type { Hotpath } from '../hotpath/index.js';
+import type { BlockAllocator } from './ram-loader.js';
+
+/** Construction options. */
+export interface DestinationOptions {
+  /** Local machine type name; the received one must be a prefix-equal match. Default "none". */
+  machineName?: string;
+  /** Local RAM blocks. */
+  blocks?: readonly EngineRamBlock[];
+  /** Adopt the source's RAM layout and keep unknown device sections opaque. */
+  adopt?: boolean;
+  /** Allocator for adopted blocks (default: plain zeroed memory). */
+  allocBlock?: BlockAllocator;
+  /** Start the VM after loading unless globalstate says otherwise (QEMU without -S). Default true. */
+  autostart?: boolean;
+  /** Local postcopy-ram capability (only checked against POSTCOPY_ADVISE). */
+  postcopyRam?: boolean;
+  pageOps?: PageOps;
+  status?: StatusPort;
+  /**
+   * Received bitmaps as memory/ PageBitmaps in this hot path's memory (what
+   * recovery's RECV_BITMAP needs); plain words otherwise.
+   */
+  hotpath?: Hotpath;
+  /** postcopy-blocktime capability: query-migrate reports blocktime once completed. */
+  postcopyBlocktime?: boolean;
+  /**
+   * Silent link: while postcopy-active with faults outstanding, pause when
+   * nothing was received for this long, ms. Default KEEPALIVE_TIMEOUT_MS (5000).
+   */
+  keepaliveTimeoutMs?: number;
+}
+
+/** Our keepalive timeout (the source's KEEPALIVE_TIMEOUT_MS). */
+export const DEST_KEEPALIVE_TIMEOUT_MS = 5000;
+/** Our extra query-migrate member once any fault happened. */
+export interface FaultLatencyInfo {
+  count: number;
+  'p50-us': number;
+  'p99-us': number;
+  'max-us': number;
+}
+/** query-migrate on the destination. */
+export interface DestinationMigrationInfo {
+  status?: MigrationStatus;
+  'error-desc'?: string;
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
+  'x-postcopy-fault-latency'?: FaultLatencyInfo;
+}
