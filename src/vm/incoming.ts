@@ -185,7 +185,12 @@ export class Incoming {
     dest.once('postcopyRun', () => this.onPostcopyRun(dest));
     // QEMU starts the VM (RESUME) before it reports `completed`: act on the engine's 'runstate'
     // event, which comes after the load and before the status change.
-    dest.once('runstate', () => this.finishLoad(dest, adopt, machineName));
+    dest.on('runstate', () => {
+      // At POSTCOPY_RUN the engine also reports the run state: 'postcopyRun' handles that one.
+      const pc = (dest as unknown as PostcopyDestination).postcopyState;
+      if (pc === 'listening' || pc === 'running') return;
+      this.finishLoad(dest, adopt, machineName);
+    });
     const status = await dest.load(ch);
     if (status === 'completed') this.finishLoad(dest, adopt, machineName);
     else {
