@@ -1,0 +1,186 @@
+/**
+ * Postcopy fault-latency benchmark (`npm run bench:faults`, issue 4 §6):
+ * our source → our destination over tcp loopback, each in its own process,
+ * 1 GiB of random RAM on a stopped source, postcopy switchover at once. The
+ * destination faults random not-yet-received pages through the fault API
+ * (ensure()), one at a time, and times each round trip:
+ *   1. idle phase: background scan throttled to ~0 (max-postcopy-bandwidth
+ *      1 B/s) — the idle round trip, same connection, same run;
+ *   2. loaded phase: max-postcopy-bandwidth 0 (full speed) until completed.
+ * Prints p50/p99/max of both, the background GB/s of the loaded phase, the
+ * machine load, and the targets (p50 ≤ 100 µs, p99 ≤ 1 ms, ≥ 1 GB/s) with
+ * met / NOT met. The destination's RAM is checked against the source's.
+ * The last line is `RESULT {json}` (bench/lib/fault-stats.ts).
+ *
+ * Options: --quick (256 MiB), --size MiB (default 1024), --idle-faults N
+ * (default 2000), --idle-ms ms (default 1500), --design NAME (default
+ * baseline; see bench/lib/fault-peer.ts).
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { printTable } from './lib/timing.js';
+import type { DestPeerResult, PeerCommand, PeerEvent, SourcePeerResult } from './lib/fault-peer.js';
+import {
+  busyPct,
+  fmtUs,
+  machineJiffies,
+  RESULT_PREFIX,
+  summarise,
+  targetChecks,
+  type FaultBenchResult,
+  type LatencySummary,
+} from './lib/fault-stats.js';
+
+const MiB = 1 << 20;
+const argv = process.argv.slice(2);
+const opt = (name: string): string | undefined => {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
+};
+const quick = argv.includes('--quick');
+const RAM_BYTES = Number(opt('--size') ?? (quick ? 256 : 1024)) * MiB;
+const IDLE_FAULTS = Number(opt('--idle-faults') ?? 2000);
+const IDLE_MS = Number(opt('--idle-ms') ?? (quick ? 500 : 1500));
+const DESIGN = opt('--design') ?? 'baseline';
+const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
+const peerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib', 'fault-peer.js');
+
+/** A forked peer with a typed message queue. */
+class Peer {
+  readonly child: ChildProcess;
+  private readonly queue: PeerEvent[] = [];
+  private waiter: (() => void) | undefined;
+  private exitError: Error | undefined;
+
+  constructor(readonly role: 'source' | 'destination') {
+    this.child = fork(peerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.child.on('message', (m: PeerEvent) => {
+      this.queue.push(m);
+      this.waiter?.();
+    });
+    this.child.once('exit', (code, sig) => {
+      this.exitError = new Error(`${role} exited (${code ?? sig}) before it reported`);
+      this.waiter?.();
+    });
+  }
+
+  send(c: PeerCommand): void {
+    this.child.send(c);
+  }
+
+  /** The next event of kind `ev` (earlier other events are dropped). */
+  async next<K extends PeerEvent['ev']>(ev: K): Promise<Extract<PeerEvent, { ev: K }>> {
+    for (;;) {
+      const i = this.queue.findIndex((m) => m.ev === ev || m.ev === 'error');
+      if (i >= 0) {
+        const m = this.queue.splice(i, 1)[0]!;
+        if (m.ev === 'error') throw new Error(`${this.role}: ${m.message}`);
+        return m as Extract<PeerEvent, { ev: K }>;
+      }
+      if (this.exitError) throw this.exitError;
+      await new Promise<void>((r) => (this.waiter = r));
+      this.waiter = undefined;
+    }
+  }
+
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  }
+}
+
+async function runOnce(): Promise<FaultBenchResult> {
+  const load0 = os.loadavg()[0]!;
+  const dst = new Peer('destination');
+  const src = new Peer('source');
+  const timer = setTimeout(() => {
+    console.error(`bench:faults: no result after ${TIMEOUT_MS} ms`);
+    src.kill();
+    dst.kill();
+  }, TIMEOUT_MS);
+  try {
+    const common = { ramBytes: RAM_BYTES, design: DESIGN, idleFaults: IDLE_FAULTS, idleMs: IDLE_MS };
+    dst.send({ cmd: 'init', role: 'destination', ...common });
+    const { port } = await dst.next('listening');
+    src.send({ cmd: 'init', role: 'source', port, ...common });
+    await dst.next('idleDone');
+    src.send({ cmd: 'fullSpeed' });
+    await src.next('fullSpeedOn');
+    const j0 = machineJiffies();
+    dst.send({ cmd: 'go' });
+    const d: DestPeerResult = await dst.next('destResult');
+    const j1 = machineJiffies();
+    const s: SourcePeerResult = await src.next('sourceResult');
+    const load1 = os.loadavg()[0]!;
+    return {
+      ramBytes: RAM_BYTES,
+      design: DESIGN,
+      idle: summarise(d.idleUs),
+      loaded: summarise(d.loadedUs),
+      destStats: d.stats,
+      backgroundGBps: d.loadedBytes / 1e6 / d.loadedMs,
+      loadedBytes: d.loadedBytes,
+      loadedMs: d.loadedMs,
+      postcopyRequests: s.postcopyRequests,
+      ignoredRequests: s.ignoredRequests,
+      sourceStatus: s.status,
+      destStatus: d.status,
+      ramEqual: s.digest === d.digest,
+      loadAvg: [load0, load1],
+      machineBusyPct: busyPct(j0, j1),
+      cpus: os.cpus().length,
+      sourceCpu: s.cpu,
+      destCpu: d.cpu,
+    };
+  } finally {
+    clearTimeout(timer);
+    src.kill();
+    dst.kill();
+  }
+}
+
+function report(r: FaultBenchResult): void {
+  const row = (name: string, l: LatencySummary): string[] => [name, `${l.count}`, fmtUs(l.p50Us), fmtUs(l.p99Us), fmtUs(l.maxUs), fmtUs(l.meanUs)];
+  printTable(
+    `Fault round trip (ensure() of a missing page → page in place and the faulting code resumed), design ${r.design}`,
+    ['phase', 'faults', 'p50', 'p99', 'max', 'mean'],
+    [row('idle (background ~0)', r.idle), row('loaded (background full speed)', r.loaded)],
+  );
+  const ds = r.destStats;
+  console.log(
+    `destination faultStats() (request → placement, whole run): requests ${ds.requests}, placed ${ds.count}, p50 ${fmtUs(ds.p50Us)}, p99 ${fmtUs(ds.p99Us)}, max ${fmtUs(ds.maxUs)}`,
+  );
+  console.log(
+    `background: ${(r.loadedBytes / 1e6).toFixed(0)} MB in ${r.loadedMs.toFixed(0)} ms = ${r.backgroundGBps.toFixed(2)} GB/s; source served ${r.postcopyRequests} requests (${r.ignoredRequests} pages already sent)`,
+  );
+  const pct = (c: { userMs: number; sysMs: number }): string => `${(((c.userMs + c.sysMs) / r.loadedMs) * 100).toFixed(0)} %`;
+  console.log(
+    `machine load: load average ${r.loadAvg[0].toFixed(1)} → ${r.loadAvg[1].toFixed(1)} on ${r.cpus} CPUs; during the loaded phase the machine was ${r.machineBusyPct.toFixed(0)} % busy, source process ${pct(r.sourceCpu)} of a CPU, destination ${pct(r.destCpu)}`,
+  );
+  console.log(`statuses: source ${r.sourceStatus}, destination ${r.destStatus}; destination RAM ${r.ramEqual ? 'equal to' : 'DIFFERS from'} the source's`);
+  printTable(
+    'Targets (issue 4 §6)',
+    ['figure', 'target', 'measured', ''],
+    targetChecks(r).map((t) => [t.what, t.target, t.value, t.met ? 'met' : 'NOT met']),
+  );
+}
+
+async function main(): Promise<number> {
+  console.log(
+    `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGN}`,
+  );
+  const r = await runOnce();
+  report(r);
+  console.log(RESULT_PREFIX + JSON.stringify(r));
+  const ok = r.sourceStatus === 'completed' && r.destStatus === 'completed' && r.ramEqual;
+  return ok ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`bench:faults: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,217 @@
+/**
+ * One peer of the fault-latency benchmark, run as a child process (its own
+ * event loop, as a real source or destination has): `node fault-peer.js`,
+ * driven by IPC messages from bench/faults.ts.
+ *
+ * source: a stopped guest of `ramBytes` random RAM (AES-CTR keystream), a
+ *   MigrationSource with postcopy-ram, switched to postcopy at once, the
+ *   background first throttled to ~0 (max-postcopy-bandwidth 1 B/s: the idle
+ *   phase), then unlimited (0) on 'fullSpeed'.
+ * destination: a MigrationDestination on a loopback listener; from
+ *   'postcopyRun' on it faults random not-yet-received pages through ensure(),
+ *   one at a time like a vCPU, timing each round trip: the idle phase first,
+ *   then (on 'go') the loaded phase until the migration completes.
+ */
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { MigrationDestination } from '../../src/destination/destination.js';
+import { MigrationSource } from '../../src/source/source.js';
+import type { EngineRamBlock, SourceGuest } from '../../src/engine/ports.js';
+import { TARGET_PAGE_SIZE } from '../../src/wire/constants.js';
+import type { CpuFigures } from './fault-stats.js';
+
+const TP = TARGET_PAGE_SIZE;
+const IDSTR = 'ram';
+
+/** Parent → peer. */
+export type PeerCommand =
+  | { cmd: 'init'; role: 'source' | 'destination'; ramBytes: number; design: string; port?: number; idleFaults: number; idleMs: number }
+  | { cmd: 'fullSpeed' }
+  | { cmd: 'go' };
+
+/** Peer → parent. */
+export type PeerEvent =
+  | { ev: 'listening'; port: number }
+  | { ev: 'idleDone' }
+  | { ev: 'fullSpeedOn' }
+  | { ev: 'error'; message: string }
+  | ({ ev: 'sourceResult' } & SourcePeerResult)
+  | ({ ev: 'destResult' } & DestPeerResult);
+
+export interface SourcePeerResult {
+  status: string;
+  postcopyRequests: number;
+  ignoredRequests: number;
+  transferred: number;
+  digest: string;
+  cpu: CpuFigures;
+}
+
+export interface DestPeerResult {
+  status: string;
+  idleUs: number[];
+  loadedUs: number[];
+  stats: { requests: number; count: number; p50Us: number; p99Us: number; maxUs: number };
+  loadedBytes: number;
+  loadedMs: number;
+  digest: string;
+  cpu: CpuFigures;
+}
+
+const send = (m: PeerEvent): void => void process.send!(m);
+
+function cpuSince(c0: NodeJS.CpuUsage): CpuFigures {
+  const d = process.cpuUsage(c0);
+  return { userMs: d.user / 1000, sysMs: d.system / 1000 };
+}
+
+const digest = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+function block(ramBytes: number): EngineRamBlock {
+  return { idstr: IDSTR, usedLength: ramBytes, ramAddr: 0, bytes: new Uint8Array(ramBytes) };
+}
+
+/** A stopped guest: random RAM, nothing ever dirtied. */
+function stoppedGuest(ramBytes: number): SourceGuest {
+  const b = block(ramBytes);
+  const aes = createCipheriv('aes-128-ctr', randomBytes(16), randomBytes(16));
+  const chunk = 16 << 20;
+  for (let off = 0; off < ramBytes; off += chunk) {
+    const v = b.bytes.subarray(off, Math.min(ramBytes, off + chunk));
+    v.set(aes.update(v)); // v is zero: the keystream itself
+  }
+  return { blocks: [b], syncDirty: () => 0, stop: () => undefined, resume: () => undefined, runState: 'paused' };
+}
+
+let onCommand: (c: PeerCommand) => void = () => undefined;
+process.on('message', (m: PeerCommand) => {
+  if (m.cmd === 'init') void (m.role === 'source' ? runSource(m) : runDestination(m)).catch(fatal);
+  else onCommand(m);
+});
+
+function fatal(e: unknown): void {
+  send({ ev: 'error', message: e instanceof Error ? (e.stack ?? e.message) : String(e) });
+  setTimeout(() => process.exit(1), 100);
+}
+
+async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
+  const guest = stoppedGuest(init.ramBytes);
+  const src = new MigrationSource(guest, {
+    capabilities: { postcopyRam: true },
+    // Idle phase: the background scan is throttled to ~0 (one page per 100 ms window).
+    parameters: { maxBandwidth: 10 * 2 ** 30, maxPostcopyBandwidth: 1 },
+  });
+  const sock = net.connect({ port: init.port!, host: '127.0.0.1', noDelay: true });
+  await new Promise<void>((resolve, reject) => {
+    sock.once('connect', resolve);
+    sock.once('error', reject);
+  });
+  let c0 = process.cpuUsage();
+  onCommand = (c) => {
+    if (c.cmd !== 'fullSpeed') return;
+    c0 = process.cpuUsage();
+    src.setParameters({ maxPostcopyBandwidth: 0 });
+    send({ ev: 'fullSpeedOn' });
+  };
+  const done = src.migrate(sock);
+  src.startPostcopy();
+  const status = await done;
+  const cpu = cpuSince(c0);
+  const info = src.queryMigrate();
+  send({
+    ev: 'sourceResult',
+    status,
+    postcopyRequests: info.ram?.['postcopy-requests'] ?? 0,
+    ignoredRequests: src.ignoredRequestPages,
+    transferred: info.ram?.transferred ?? 0,
+    digest: digest(guest.blocks[0]!.bytes),
+    cpu,
+  });
+}
+
+async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
+  const b = block(init.ramBytes);
+  const dest = new MigrationDestination({ blocks: [b], postcopyRam: true });
+  const pages = init.ramBytes / TP;
+  const server = net.createServer({ noDelay: true });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  send({ ev: 'listening', port: (server.address() as net.AddressInfo).port });
+  const sock = await accepted;
+  server.close();
+  const run = new Promise<void>((r) => dest.once('postcopyRun', () => r()));
+  let finished = false;
+  const loaded = dest.load(sock).finally(() => (finished = true));
+  await run;
+
+  const bits = dest.received.get(IDSTR)!;
+  const isMissing = (p: number): boolean => (Atomics.load(bits, p >>> 5) & (1 << (p & 31))) === 0;
+  /** A random page not received yet, -1 when none is left. */
+  const pickMissing = (): number => {
+    for (let i = 0; i < 64; i++) {
+      const p = Math.floor(Math.random() * pages);
+      if (isMissing(p)) return p;
+    }
+    const w0 = Math.floor(Math.random() * bits.length);
+    for (let k = 0; k < bits.length; k++) {
+      const w = (w0 + k) % bits.length;
+      if (bits[w] !== 0xffffffff) {
+        for (let j = 0; j < 32; j++) {
+          const p = w * 32 + j;
+          if (p < pages && isMissing(p)) return p;
+        }
+      }
+    }
+    return -1;
+  };
+  const fault = async (): Promise<number> => {
+    const p = pickMissing();
+    if (p < 0) return -1;
+    const t0 = performance.now();
+    await dest.ensure(IDSTR, p * TP, TP);
+    return (performance.now() - t0) * 1000;
+  };
+
+  // Idle phase: the background is throttled to ~0 on the same connection.
+  const idleUs: number[] = [];
+  const idleEnd = performance.now() + init.idleMs;
+  while (!finished && idleUs.length < init.idleFaults && performance.now() < idleEnd) {
+    const us = await fault();
+    if (us < 0) break;
+    idleUs.push(us);
+  }
+  const go = new Promise<void>((r) => (onCommand = (c) => c.cmd === 'go' && r()));
+  send({ ev: 'idleDone' });
+  await go;
+
+  // Loaded phase: the background at full speed until the migration completes.
+  const c0 = process.cpuUsage();
+  const bytes0 = sock.bytesRead;
+  const t0 = performance.now();
+  const loadedUs: number[] = [];
+  let tEnd = 0;
+  let bytesEnd = 0;
+  void loaded.then(() => {
+    tEnd = performance.now();
+    bytesEnd = sock.bytesRead;
+  });
+  while (!finished) {
+    const us = await fault();
+    if (us < 0) break;
+    if (!finished) loadedUs.push(us);
+  }
+  const status = await loaded;
+  const cpu = cpuSince(c0);
+  const st = dest.faultStats();
+  send({
+    ev: 'destResult',
+    status,
+    idleUs,
+    loadedUs,
+    stats: { requests: st.requests, count: st.count, p50Us: st.p50Us, p99Us: st.p99Us, maxUs: st.maxUs },
+    loadedBytes: bytesEnd - bytes0,
+    loadedMs: tEnd - t0,
+    digest: digest(b.bytes),
+    cpu,
+  });
+}

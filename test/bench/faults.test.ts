@@ -1,0 +1,74 @@
+/**
+ * bench:faults: the figures helpers, and one small run of the built
+ * benchmark (dist/, built by `npm test`'s pretest) checked for a well-formed,
+ * self-consistent result — never for timings.
+ */
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { parseResult, percentile, RESULT_PREFIX, summarise, targetChecks, type FaultBenchResult } from '../../bench/lib/fault-stats.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BENCH = path.join(ROOT, 'dist/bench/faults.js');
+
+function consistent(name: string, l: FaultBenchResult['idle']): void {
+  expect(l.count, name).toBeGreaterThan(0);
+  expect(l.p50Us, name).toBeGreaterThan(0);
+  expect(l.p50Us, name).toBeLessThanOrEqual(l.p99Us);
+  expect(l.p99Us, name).toBeLessThanOrEqual(l.maxUs);
+  expect(l.meanUs, name).toBeLessThanOrEqual(l.maxUs);
+}
+
+describe('bench:faults figures', () => {
+  it('nearest-rank percentiles and summaries', () => {
+    const xs = Array.from({ length: 200 }, (_, i) => 200 - i); // 200..1, unsorted
+    const s = summarise(xs);
+    expect(s).toMatchObject({ count: 200, p50Us: 100, p99Us: 198, maxUs: 200 });
+    expect(s.meanUs).toBeCloseTo(100.5, 9);
+    expect(percentile([5], 0.99)).toBe(5);
+    expect(percentile([1, 2, 3, 4], 0.5)).toBe(2);
+    expect(Number.isNaN(summarise([]).p50Us)).toBe(true);
+  });
+
+  it('targets are judged on the loaded figures and the background rate', () => {
+    const base = { loaded: { count: 9, p50Us: 80, p99Us: 900, maxUs: 2000, meanUs: 100 }, backgroundGBps: 1.2 } as FaultBenchResult;
+    expect(targetChecks(base).map((t) => t.met)).toEqual([true, true, true]);
+    const slow = { ...base, loaded: { ...base.loaded, p50Us: 101, p99Us: 1001 }, backgroundGBps: 0.99 };
+    expect(targetChecks(slow).map((t) => t.met)).toEqual([false, false, false]);
+  });
+
+  it('finds the RESULT line among other output', () => {
+    const r = { design: 'x', ramBytes: 4096 };
+    expect(parseResult(`hello\n${RESULT_PREFIX}${JSON.stringify(r)}\nbye\n`)).toEqual(r);
+    expect(() => parseResult('no result here')).toThrow(/no RESULT line/);
+  });
+});
+
+describe('bench:faults run (32 MiB)', () => {
+  it.skipIf(!fs.existsSync(BENCH))('prints consistent figures: faults in both phases, ordered percentiles, background rate, RAM equal', async () => {
+    const out = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [BENCH, '--quick', '--size', '32', '--idle-ms', '300', '--idle-faults', '300'], { timeout: 60_000 }, (err, stdout, stderr) =>
+        err ? reject(new Error(`${err.message}\n${stdout}\n${stderr}`)) : resolve(stdout),
+      );
+    });
+    expect(out).toMatch(/^idle \(background ~0\)/m);
+    expect(out).toMatch(/^loaded p50 .*(met|NOT met)$/m);
+    const r = parseResult(out);
+    expect(r.ramBytes).toBe(32 << 20);
+    expect(r.sourceStatus).toBe('completed');
+    expect(r.destStatus).toBe('completed');
+    expect(r.ramEqual).toBe(true);
+    consistent('idle', r.idle);
+    consistent('loaded', r.loaded);
+    expect(r.backgroundGBps).toBeGreaterThan(0);
+    expect(r.loadedBytes).toBeGreaterThan(0);
+    expect(r.loadedBytes).toBeLessThanOrEqual(r.ramBytes * 1.1);
+    // Every fault of both phases sent one request; the source saw each.
+    expect(r.destStats.requests).toBeGreaterThanOrEqual(r.idle.count + r.loaded.count);
+    expect(r.postcopyRequests).toBe(r.destStats.requests);
+    expect(r.destStats.p50Us).toBeLessThanOrEqual(r.destStats.p99Us);
+    expect(r.destStats.p99Us).toBeLessThanOrEqual(r.destStats.maxUs);
+  });
+});
