@@ -193,9 +193,11 @@ export abstract class SourceCore extends EventEmitter {
   }
 
   /** Throws when cancelled or the channel broke (a bad return path fails only at completion, as in QEMU). */
-  protected checkRunning(): void {
+  protected checkRunning(w = this.writer!): void {
     if (this.status === 'cancelling') throw new PostcopyError('CANCELLED', 'migration cancelled');
-    this.writer!.check();
+    // `w` is the writer the caller is using: after a postcopy resume an old loop must not go on.
+    w.check();
+    if (w !== this.writer) throw new PostcopyError('IO', 'channel replaced');
   }
 
   protected async run(channel: Duplex, opts: MigrateOptions): Promise<void> {
@@ -268,7 +270,7 @@ export abstract class SourceCore extends EventEmitter {
         if (t - slice > this.yieldEveryMs) {
           await w.flush();
           await yieldNow();
-          this.checkRunning();
+          this.checkRunning(w);
           slice = now();
         }
       }
@@ -334,7 +336,7 @@ export abstract class SourceCore extends EventEmitter {
       if ((++i & (PAGES_PER_TIME_CHECK - 1)) === 0 && now() - slice > this.yieldEveryMs) {
         await w.flush();
         await yieldNow();
-        this.checkRunning();
+        this.checkRunning(w);
         slice = now();
       }
     }

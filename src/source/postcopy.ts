@@ -193,7 +193,7 @@ export abstract class PostcopySource extends SourceCore {
     for (;;) {
       const w = this.writer!;
       try {
-        this.checkRunning();
+        this.checkRunning(w);
         const saver = this.saver!;
         while (saver.dirtyPages > 0) {
           if (this.pingDue) {
@@ -202,7 +202,7 @@ export abstract class PostcopySource extends SourceCore {
           }
           await this.iterate();
           await this.rateLimit();
-          this.checkRunning();
+          this.checkRunning(w);
         }
         // SPEC §6.2 step 11: END (whatever is left), EOF, no vmdesc.
         encodeSection(w, { kind: 'end', sectionId: RAM_SECTION_ID });

@@ -25,7 +25,7 @@ describe('postcopy source vs a scripted destination', () => {
     const g = guest();
     const stopDirty = startDirtier(g, { pagesPerTick: 4, intervalMs: 1 });
     const status = new StatusMachine();
-    const src = new MigrationSource(g, { status, capabilities: { postcopyRam: true }, parameters: { maxBandwidth: 8 * MiB } });
+    const src = new MigrationSource(g, { status, capabilities: { postcopyRam: true }, parameters: { maxBandwidth: 8 * MiB, downtimeLimit: 1 } });
     const [a, b] = memoryChannelPair();
     const dest = new ScriptedDestination(4 * MiB);
     let sw: SwitchoverEvent | undefined;
@@ -34,10 +34,9 @@ describe('postcopy source vs a scripted destination', () => {
       sw = e;
       atStop = Uint8Array.from(g.blocks[0]!.bytes);
     });
+    dest.afterPrecopyPages(400, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(150);
-    src.startPostcopy();
     expect(await run).toBe('completed');
     stopDirty();
     expect(await served).toBe('eof');
@@ -71,7 +70,7 @@ describe('postcopy source vs a scripted destination', () => {
     const g = guest();
     const src = new MigrationSource(g, {
       capabilities: { postcopyRam: true },
-      parameters: { maxBandwidth: 16 * MiB, maxPostcopyBandwidth: 4 * MiB },
+      parameters: { maxBandwidth: 16 * MiB, maxPostcopyBandwidth: 4 * MiB, downtimeLimit: 1 },
     });
     const [a, b] = memoryChannelPair();
     let asked = -1;
@@ -90,10 +89,9 @@ describe('postcopy source vs a scripted destination', () => {
         d.send({ kind: 'reqPages', start: sentPage * 4096, length: 4096 });
       },
     });
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(60);
-    src.startPostcopy();
     expect(await run).toBe('completed');
     expect(await served).toBe('eof');
     expect(asked).toBeGreaterThan(0);
@@ -119,16 +117,15 @@ describe('postcopy source vs a scripted destination', () => {
     const orig = Uint8Array.from(g.blocks[0]!.bytes);
     const src = new MigrationSource(g, {
       capabilities: { postcopyRam: true, releaseRam: true },
-      parameters: { maxBandwidth: 8 * MiB, maxPostcopyBandwidth: 16 * MiB },
+      parameters: { maxBandwidth: 8 * MiB, maxPostcopyBandwidth: 16 * MiB, downtimeLimit: 1 },
     });
     const [a, b] = memoryChannelPair();
     const dest = new ScriptedDestination(2 * MiB);
     let releasedAtSwitch = -1;
     src.on('switchover', () => (releasedAtSwitch = src.releasedPages));
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(60);
-    src.startPostcopy();
     expect(await run).toBe('completed');
     await served;
     expect(releasedAtSwitch).toBeGreaterThan(0);
@@ -144,14 +141,13 @@ describe('postcopy source vs a scripted destination', () => {
     const src = new MigrationSource(g, {
       status,
       capabilities: { postcopyRam: true, pauseBeforeSwitchover: true },
-      parameters: { maxBandwidth: 4 * MiB },
+      parameters: { maxBandwidth: 4 * MiB, downtimeLimit: 1 },
     });
     const [a, b] = memoryChannelPair();
     const dest = new ScriptedDestination(2 * MiB);
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(50);
-    src.startPostcopy();
     while (src.status !== 'pre-switchover') await sleep(5);
     expect(g.stopped).toBe(true);
     expect(dest.listening).toBe(false);

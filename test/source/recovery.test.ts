@@ -24,7 +24,7 @@ function setup(extra: ConstructorParameters<typeof MigrationSource>[1] = {}) {
   const src = new MigrationSource(g, {
     status,
     capabilities: { postcopyRam: true },
-    parameters: { maxBandwidth: 16 * MiB, maxPostcopyBandwidth: 8 * MiB },
+    parameters: { maxBandwidth: 16 * MiB, maxPostcopyBandwidth: 8 * MiB, downtimeLimit: 1 },
     ...extra,
   });
   const paused: string[] = [];
@@ -53,10 +53,9 @@ describe('postcopy pause and recovery (scripted destination)', () => {
         }
       },
     });
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(50);
-    src.startPostcopy();
     expect(await served).toBe('stopped');
     await until(() => src.status === 'postcopy-paused');
     expect(paused).toHaveLength(1);
@@ -121,10 +120,9 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     const { g, src, paused } = setup();
     const [a, b] = memoryChannelPair();
     const dest = new ScriptedDestination(4 * MiB);
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(40);
-    src.startPostcopy();
     await until(() => src.status === 'postcopy-active' && dest.pages.some((p) => p.postcopy));
     src.pause();
     expect(src.status).toBe('postcopy-paused');
@@ -137,6 +135,7 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     expect(await run).toBe('completed');
     expect(await s2).toBe('eof');
     expect(dest.duplicates).toEqual([]);
+    expect(dest.missing()).toEqual([]);
     expect(Buffer.compare(Buffer.from(dest.ram), Buffer.from(g.blocks[0]!.bytes))).toBe(0);
   });
 
@@ -155,10 +154,9 @@ describe('postcopy pause and recovery (scripted destination)', () => {
         }
       },
     });
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     const served = dest.serve(b);
-    await sleep(30);
-    src.startPostcopy();
     expect(await served).toBe('stopped');
     expect(dest.pings.filter((v) => v === KEEPALIVE_PING_VALUE).length).toBeGreaterThan(0);
     await until(() => src.status === 'postcopy-paused', 3000);
@@ -172,6 +170,7 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     expect(await run).toBe('completed');
     expect(await s2).toBe('eof');
     expect(dest.duplicates).toEqual([]);
+    expect(dest.missing()).toEqual([]);
     expect(Buffer.compare(Buffer.from(dest.ram), Buffer.from(g.blocks[0]!.bytes))).toBe(0);
   });
 
@@ -185,10 +184,9 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     const dest = new ScriptedDestination(4 * MiB, {
       onListen: (d) => d.send(msg),
     });
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
     const run = src.migrate(a);
     void dest.serve(b);
-    await sleep(30);
-    src.startPostcopy();
     expect(await run).toBe('failed');
     expect(paused).toEqual([]);
     expect(src.queryMigrate()['error-desc']).toMatch(desc);

@@ -54,6 +54,7 @@ export class ScriptedDestination {
   listening = false;
   channelNo = -1;
   private ch: Duplex | undefined;
+  private trigger: { n: number; fn: () => void } | undefined;
   private readonly names = new Map<number, string>();
 
   constructor(
@@ -69,6 +70,11 @@ export class ScriptedDestination {
     const w = new ByteWriter(64);
     encodeRpMessage(w, m);
     this.ch?.write(w.toBytes());
+  }
+
+  /** Calls `fn` once when `n` pages have arrived before LISTEN (e.g. to start postcopy mid-precopy). */
+  afterPrecopyPages(n: number, fn: () => void): void {
+    this.trigger = { n, fn };
   }
 
   /** Pages not received yet. */
@@ -171,6 +177,11 @@ export class ScriptedDestination {
         this.received[page] = 1;
         const log: PageLog = { page, postcopy: this.listening, channel: this.channelNo, at: performance.now() };
         this.pages.push(log);
+        if (this.trigger && !this.listening && this.pages.length >= this.trigger.n) {
+          const t = this.trigger;
+          this.trigger = undefined;
+          t.fn();
+        }
         if (hooks.onPage?.(this, log) === 'stop') return 'stopped';
       }
       await r.decode((c) => decodeFooter(c, s.sectionId, idstr));
