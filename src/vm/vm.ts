@@ -114,9 +114,14 @@ export class SimVm {
     await this.incoming?.startFromCommandLine();
   }
 
-  /** A migration in either direction is running. */
+  /**
+   * QEMU's migration_is_running(): the OUTGOING migration runs. An incoming
+   * one does not count — QEMU 7.2 accepts migrate-set-capabilities on a
+   * destination in the middle of its (postcopy) load, and answers `migrate`
+   * there with the run-state text.
+   */
   migrationActive(): boolean {
-    return (this.outgoing?.busy() ?? false) || (this.incoming?.busy() ?? false);
+    return this.outgoing?.busy() ?? false;
   }
 
   /** Creates the workload (when asked for) on the current memory and runs it if the VM runs. */

@@ -59,6 +59,32 @@ function summary(events: QmpEvent[]): string[] {
 /** query-migrate keys without our extensions (x-postcopy-fault-latency). */
 const keys = (o: Record<string, unknown>): string[] => Object.keys(o).filter((k) => !k.startsWith('x-')).sort();
 
+type Req = [string, Record<string, unknown>?];
+
+/** Replies (or error texts) to `reqs`, in order. */
+async function replies(qmp: QmpClient, reqs: Req[]): Promise<unknown[]> {
+  const out: unknown[] = [];
+  for (const [cmd, args] of reqs) {
+    out.push(await qmp.execute(cmd, args).then((r) => r as unknown, (e: Error) => ({ error: e.message })));
+  }
+  return out;
+}
+
+/** Requests that must not change anything, asked in postcopy-active and in postcopy-paused. */
+const SOURCE_PROBES: Req[] = [
+  ['migrate-start-postcopy'],
+  ['migrate', { uri: 'tcp:127.0.0.1:1' }],
+  ['migrate-recover', { uri: 'tcp:127.0.0.1:0' }],
+  ['migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] }],
+  ['migrate-continue', { state: 'pre-switchover' }],
+];
+const DESTINATION_PROBES: Req[] = [
+  ['migrate-start-postcopy'],
+  ['migrate', { uri: 'tcp:127.0.0.1:1', resume: true }],
+  ['migrate-incoming', { uri: 'tcp:127.0.0.1:0' }],
+  ['migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] }],
+];
+
 async function lastPort(q: QmpClient): Promise<number> {
   const info = await q.execute<{ 'socket-address'?: { port: string }[] }>('query-migrate');
   const list = info['socket-address'] ?? [];
@@ -99,9 +125,17 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
         await sleep(300);
         const duringSrc = await src.qmp.execute('query-status');
         const duringDst = await dst.qmp.execute('query-status');
+        const activeReplies = [
+          await replies(src.qmp, [...SOURCE_PROBES, ['migrate', { uri: 'tcp:127.0.0.1:1', resume: true }]]),
+          await replies(dst.qmp, [...DESTINATION_PROBES, ['migrate-recover', { uri: 'tcp:127.0.0.1:0' }]]),
+        ];
         await src.qmp.execute('migrate-pause');
         const pausedSrc = await waitStatus(src.qmp, ['postcopy-paused']);
         const pausedDst = await waitStatus(dst.qmp, ['postcopy-paused']);
+        const pausedReplies = [
+          await replies(src.qmp, [...SOURCE_PROBES, ['migrate-pause']]),
+          await replies(dst.qmp, [...DESTINATION_PROBES, ['migrate-pause']]),
+        ];
         await dst.qmp.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
         const recovering = await dst.qmp.execute<Record<string, unknown>>('query-migrate');
         await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
@@ -111,6 +145,8 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
         await sleep(100);
         const outcome = {
           during: [duringSrc, duringDst],
+          activeReplies,
+          pausedReplies,
           pausedKeys: [keys(pausedSrc), keys(pausedDst)],
           recovering: { status: recovering.status, addresses: (recovering['socket-address'] as unknown[] | undefined)?.length },
           sourceKeys: keys(sinfo),
