@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { encodeCommand } from '../../src/wire/command.js';
 import { SectionType } from '../../src/wire/constants.js';
 import { encodeSection } from '../../src/wire/stream.js';
+import { Hotpath } from '../../src/hotpath/index.js';
 import { PAGES, RAM, TP, channel, destination, precopyStart, sourceRam, switchover, until } from './postcopy-script.js';
 
 const mem = sourceRam(21);
@@ -19,8 +20,8 @@ function setPages(bitmap: Uint8Array): number[] {
   return out;
 }
 
-async function pausedDestination() {
-  const dst = destination({ postcopyBlocktime: true });
+async function pausedDestination(hotpath?: Hotpath) {
+  const dst = destination({ postcopyBlocktime: true, hotpath });
   const s = channel();
   const done = dst.load(s.b);
   precopyStart(s);
@@ -124,6 +125,22 @@ describe('destination recovery (scripted source)', () => {
     expect(Buffer.from(dst.blocks[0]!.bytes).equals(Buffer.from(mem))).toBe(true);
     expect(dst.recvBitmaps).toEqual(['ram', 'ram']);
     expect(RAM).toBe(PAGES * TP);
+  });
+
+  it('hotpath received bitmaps (shared PageBitmap words): RECV_BITMAP equals PageBitmap.toLeBytes()', async () => {
+    const hp = Hotpath.create({ initialBytes: 1 << 20 });
+    const { dst } = await pausedDestination(hp);
+    const pb = dst.receivedBitmaps.get('ram')!;
+    expect(dst.received.get('ram')!.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(pb.test(7) && !pb.test(9) && !pb.test(4)).toBe(true);
+    const r = channel();
+    void dst.recover(r.b);
+    encodeCommand(r.w, { kind: 'recvBitmap', blockName: 'ram' });
+    r.send();
+    await r.next();
+    const bm = await r.bitmap('ram');
+    expect(setPages(bm)).toEqual([0, 1, 2, 3, 5, 7]);
+    expect(Buffer.from(bm).equals(Buffer.from(pb.toLeBytes()))).toBe(true);
   });
 
   it('a malformed recovery channel (bad command) also returns to postcopy-paused', async () => {
