@@ -26,18 +26,6 @@ import { QEMU_VM_FILE_MAGIC } from '../wire/constants.js';
 import type { RunState, SimVm } from './vm.js';
 import { FaultBridge } from './fault-bridge.js';
 
-/**
- * The postcopy surface of MigrationDestination (postcopy-api.md), named
- * here so this file states exactly what it uses of the engine.
- */
-interface PostcopyDestination {
-  pause(): void;
-  recover(channel: Duplex): Promise<void>;
-  readonly postcopyState: string;
-  ensure(idstr: string, offset: number, length?: number): Promise<void>;
-  faultStats(): { requests: number; p50Us: number; p99Us: number; maxUs: number; count: number };
-}
-
 /** Header bytes before the machine name: magic, version, CONFIGURATION, be32 length. */
 const CONFIG_NAME_AT = 13;
 const MAX_MACHINE_NAME = 256;
@@ -163,7 +151,7 @@ export class Incoming {
     let machineName = vm.machineName;
     if (adopt) machineName = (await peekMachineName(ch)) ?? machineName;
     const local = vm.memory ? engineBlocks(vm.memory) : undefined;
-    const options: DestinationOptions & { postcopyBlocktime?: boolean } = {
+    const options: DestinationOptions = {
       machineName,
       blocks: local,
       // Unknown device sections are kept opaque; RAM blocks must exist when we have local RAM.
@@ -187,7 +175,7 @@ export class Incoming {
     // event, which comes after the load and before the status change.
     dest.on('runstate', () => {
       // At POSTCOPY_RUN the engine also reports the run state: 'postcopyRun' handles that one.
-      const pc = (dest as unknown as PostcopyDestination).postcopyState;
+      const pc = dest.postcopyState;
       if (pc === 'listening' || pc === 'running') return;
       this.finishLoad(dest, adopt, machineName);
     });
@@ -214,7 +202,7 @@ export class Incoming {
       const idstr = mem.blocks[0]!.idstr;
       const bits = dest.received.get(idstr);
       if (bits && bits.buffer instanceof SharedArrayBuffer) {
-        this.bridge = new FaultBridge(dest as unknown as PostcopyDestination, [idstr]);
+        this.bridge = new FaultBridge(dest, [idstr]);
         w.attachFaults(this.bridge, bits.byteOffset);
       } else {
         // No shared received bitmap: the workload cannot fault; it waits for the end of the migration.
@@ -273,7 +261,7 @@ export class Incoming {
   pause(): void {
     if (this.status.status !== 'postcopy-active' || !this.dest) throw new QmpError(MIGRATE_ERRORS.pauseNotPostcopy);
     try {
-      (this.dest as unknown as PostcopyDestination).pause();
+      this.dest.pause();
     } catch (e) {
       throw new QmpError(e instanceof Error ? e.message : String(e));
     }
@@ -286,7 +274,7 @@ export class Incoming {
    * later migrate-recover may try again.
    */
   async recover(uri: string): Promise<void> {
-    const dest = this.dest as unknown as PostcopyDestination | undefined;
+    const dest = this.dest;
     if (this.status.status !== 'postcopy-paused' || !dest) throw new QmpError(MIGRATE_ERRORS.recoverNotPaused);
     if (this.recoverTriggered) throw new QmpError(MIGRATE_ERRORS.recoverTriggered);
     this.recoverTriggered = true;
@@ -315,17 +303,12 @@ export class Incoming {
     })();
   }
 
-  /** query-migrate: status, plus socket-address while listening, plus the fault path's latency. */
+  /** query-migrate: the engine's (postcopy blocktime, x-postcopy-fault-latency), plus socket-address while listening. */
   queryMigrate(): Record<string, unknown> {
     const info: Record<string, unknown> = { ...(this.dest?.queryMigrate() ?? {}) };
     const listening = this.recoverListener ?? this.listener;
     const addr = listening?.socketAddress;
     if (addr && this.status.status !== 'completed' && this.status.status !== 'failed') info['socket-address'] = addr;
-    const pd = this.dest as unknown as Partial<PostcopyDestination> | undefined;
-    if (info['x-postcopy-fault-latency'] === undefined && typeof pd?.faultStats === 'function') {
-      const f = pd.faultStats();
-      if (f.count > 0) info['x-postcopy-fault-latency'] = { count: f.count, 'p50-us': f.p50Us, 'p99-us': f.p99Us, 'max-us': f.maxUs };
-    }
     return info;
   }
 
