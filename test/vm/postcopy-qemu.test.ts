@@ -136,6 +136,10 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
           await replies(src.qmp, [...SOURCE_PROBES, ['migrate-pause']]),
           await replies(dst.qmp, [...DESTINATION_PROBES, ['migrate-pause']]),
         ];
+        // a resume to a port nothing listens on: accepted, the source stays postcopy-paused (no error-desc)
+        const deadResume = await src.qmp.execute('migrate', { uri: 'tcp:127.0.0.1:1', resume: true });
+        await sleep(200);
+        const afterDead = await src.qmp.execute<Record<string, unknown>>('query-migrate');
         await dst.qmp.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
         const recovering = await dst.qmp.execute<Record<string, unknown>>('query-migrate');
         await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
@@ -146,6 +150,7 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
         const outcome = {
           during: [duringSrc, duringDst],
           activeReplies,
+          deadResume: [deadResume, afterDead.status, afterDead['error-desc']],
           pausedReplies,
           pausedKeys: [keys(pausedSrc), keys(pausedDst)],
           recovering: { status: recovering.status, addresses: (recovering['socket-address'] as unknown[] | undefined)?.length },
