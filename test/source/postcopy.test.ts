@@ -112,6 +112,46 @@ describe('postcopy source vs a scripted destination', () => {
     expect(Buffer.compare(Buffer.from(dest.ram), Buffer.from(g.blocks[0]!.bytes))).toBe(0);
   });
 
+  it('XBZRLE in precopy, none after LISTEN (the destination decodes postcopy RAM without it)', async () => {
+    // A guest whose first 64 pages change a little before every bitmap sync: precopy never converges.
+    class HotGuest extends TestGuest {
+      n = 0;
+      override syncDirty(i: number, bm: Uint32Array): number {
+        if (!this.stopped) for (let p = 0; p < 64; p++) this.write(0, p * 4096 + (this.n++ % 4096), Uint8Array.of(this.n & 0xff));
+        return super.syncDirty(i, bm);
+      }
+    }
+    const g = new HotGuest([{ idstr: 'ram', size: 8 * MiB }]);
+    fillRandom(g.blocks[0]!.bytes, 8);
+    const src = new MigrationSource(g, {
+      capabilities: { postcopyRam: true, xbzrle: true },
+      parameters: { maxBandwidth: 32 * MiB, downtimeLimit: 1, xbzrleCacheSize: 1 * MiB },
+    });
+    const [a, b] = memoryChannelPair();
+    const dest = new ScriptedDestination(8 * MiB);
+    let xbzrleAtSwitch = 0;
+    src.on('switchover', () => (xbzrleAtSwitch = src.xbzrleStats()!.pages));
+    // once XBZRLE has encoded pages (the second round), switch
+    const poll = setInterval(() => {
+      if ((src.xbzrleStats()?.pages ?? 0) > 20) {
+        clearInterval(poll);
+        src.startPostcopy();
+      }
+    }, 2);
+    const run = src.migrate(a);
+    const served = dest.serve(b); // its postcopy RAM decoder rejects XBZRLE records
+    expect(await run).toBe('completed');
+    clearInterval(poll);
+    expect(await served).toBe('eof');
+    expect(xbzrleAtSwitch).toBeGreaterThan(20);
+    expect(dest.xbzrlePages).toBeGreaterThan(0);
+    expect(src.xbzrleStats()!.pages).toBe(xbzrleAtSwitch);
+    expect(dest.pages.filter((p) => p.postcopy).length).toBeGreaterThan(0);
+    expect(dest.duplicates).toEqual([]);
+    expect(dest.missing()).toEqual([]);
+    expect(Buffer.compare(Buffer.from(dest.ram), Buffer.from(g.blocks[0]!.bytes))).toBe(0);
+  });
+
   it('release-ram: every sent page is zeroed on the source once in postcopy; resume is refused', async () => {
     const g = guest(2 * MiB, 2 * MiB);
     const orig = Uint8Array.from(g.blocks[0]!.bytes);

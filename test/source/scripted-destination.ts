@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import { ByteWriter } from '../../src/wire/writer.js';
 import { StreamReader } from '../../src/wire/reader.js';
 import { readableChunks } from '../../src/engine/bytes.js';
+import { jsPageOps } from '../../src/engine/page-ops-js.js';
 import { RamRecordDecoder } from '../../src/wire/ram.js';
 import { decodeFooter, decodeSection, decodeStreamStart } from '../../src/wire/stream.js';
 import { encodeRecvBitmapData, encodeRpMessage, recvBitmapSize, type RpMessage } from '../../src/wire/return-path.js';
@@ -52,6 +53,8 @@ export class ScriptedDestination {
   /** Pages named by POSTCOPY_RAM_DISCARD ranges. */
   readonly discarded = new Set<number>();
   listening = false;
+  /** XBZRLE records applied (precopy only; the postcopy decoder refuses them). */
+  xbzrlePages = 0;
   channelNo = -1;
   private ch: Duplex | undefined;
   private trigger: { n: number; fn: () => void } | undefined;
@@ -172,6 +175,10 @@ export class ScriptedDestination {
         const page = rec.offset / TP;
         if (rec.kind === 'page') this.ram.set(rec.data, rec.offset);
         else if (rec.kind === 'zero') this.ram.fill(rec.fill, rec.offset, rec.offset + TP);
+        else if (rec.kind === 'xbzrle' && !this.listening) {
+          if (jsPageOps.xbzrleDecode(rec.data, this.ram, rec.offset) < 0) throw new Error('bad XBZRLE');
+          this.xbzrlePages++;
+        }
         else throw new Error(`unexpected ${rec.kind} record`);
         if (this.listening && this.received[page]) this.duplicates.push(page);
         this.received[page] = 1;
