@@ -1,0 +1,244 @@
+/**
+ * runDemo: the story of `postcopy demo` (see DEMO_HELP) — two `postcopy vm`
+ * processes, a FaultProxy between them (in this process), precopy, the
+ * switchover to postcopy, a cut, the recovery, completion, a summary and
+ * the RAM check. Everything it reports comes from the VMs' QMP replies and
+ * events and from the proxy's counters.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { FaultProxy, type ProxyCut } from '../../proxy/proxy.js';
+import type { ProxyItem } from '../../proxy/decoder.js';
+import { DESTINATION_WORKLOAD, demoPacing, type DemoOptions, type DemoPacing } from './options.js';
+import { Reporter, describeEntry, progressLine, size, storyLine, type MigrateInfo, type WorkloadInfo } from './report.js';
+import { Timeline, startVm, writeGuestImage, type DemoVm } from './vms.js';
+import { printSummary, type StoryFacts } from './summary.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Items of the recovery handshake the proxy decodes on the new connection. */
+const HANDSHAKE_KINDS = new Set(['RECV_BITMAP', 'RECV_BITMAP_DATA', 'POSTCOPY_RESUME', 'RESUME_ACK']);
+
+/** Polls the source's query-migrate (and the destination's workload in postcopy) and draws the progress line. */
+class ProgressPoller {
+  last: MigrateInfo = {};
+  xbzrle: MigrateInfo['xbzrle-cache'];
+  private stopped = false;
+  private readonly loop: Promise<void>;
+
+  constructor(src: DemoVm, dst: DemoVm, rep: Reporter) {
+    this.loop = (async () => {
+      while (!this.stopped) {
+        try {
+          const info = await src.qmp.execute<MigrateInfo>('query-migrate');
+          if (this.stopped) break;
+          this.last = info;
+          if (info['xbzrle-cache']) this.xbzrle = info['xbzrle-cache'];
+          const w = info.status?.startsWith('postcopy') ? await dst.qmp.execute<WorkloadInfo>('x-query-workload') : undefined;
+          if (!this.stopped && info.ram) rep.progress(progressLine(info, w));
+        } catch {
+          /* a VM went away: the story's own waits report it */
+        }
+        await sleep(100);
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.loop;
+  }
+}
+
+/** Runs the demo; resolves to the exit code (0 only if the RAM check passed). Story on `out`, progress on stderr. */
+export async function runDemo(o: DemoOptions, out: (line: string) => void = (s) => process.stdout.write(s + '\n')): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postcopy-demo-'));
+  const rep = new Reporter(out);
+  const timeline = new Timeline((e) => rep.line(storyLine(e.t, e.side, describeEntry(e))));
+  const vms: DemoVm[] = [];
+  let proxy: FaultProxy | undefined;
+  let poller: ProgressPoller | undefined;
+  try {
+    return await story(o, demoPacing(o), dir, rep, timeline, vms, (p) => (proxy = p), (p) => (poller = p));
+  } catch (e) {
+    rep.line(`demo failed: ${e instanceof Error ? e.message : String(e)}`);
+    for (const vm of vms) {
+      const info = await vm.qmp.execute<MigrateInfo>('query-migrate', undefined, { timeoutMs: 1000 }).catch(() => undefined);
+      if (info?.['error-desc']) rep.line(`  ${vm.side} query-migrate: ${info.status}: ${info['error-desc']}`);
+      const err = vm.stderr().trim();
+      if (err) rep.line(`  ${vm.side} stderr: ${err.split('\n').slice(-5).join(' | ')}`);
+    }
+    return 1;
+  } finally {
+    await poller?.stop();
+    rep.clearProgress();
+    await proxy?.close().catch(() => undefined);
+    await Promise.all(
+      vms.map(async (vm) => {
+        // The source would write its 256 MiB back to the scratch image at quit: nobody needs it, so it is killed.
+        if (vm.side === 'destination') await vm.qmp.execute('quit', {}, { timeoutMs: 2000 }).catch(() => undefined);
+        await vm.qmp.close().catch(() => undefined);
+        if (vm.side === 'source') vm.child.kill('SIGKILL');
+        const exited = vm.child.exitCode !== null || vm.child.signalCode !== null;
+        if (!exited) await Promise.race([new Promise((r) => vm.child.once('exit', r)), sleep(2000)]);
+        if (vm.child.exitCode === null && vm.child.signalCode === null) vm.child.kill('SIGKILL');
+      }),
+    );
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function story(
+  o: DemoOptions,
+  pace: DemoPacing,
+  dir: string,
+  rep: Reporter,
+  tl: Timeline,
+  vms: DemoVm[],
+  setProxy: (p: FaultProxy) => void,
+  setPoller: (p: ProgressPoller) => void,
+): Promise<number> {
+  const say = (who: string, text: string): void => rep.line(storyLine(tl.now(), who, text));
+  const facts: StoryFacts = { o, pace, timeline: tl };
+
+  // ---- two VMs and the link between them
+  const image = path.join(dir, 'guest.ram');
+  const dataBytes = writeGuestImage(image, o.ramMiB);
+  const ram = `${o.ramMiB}M`;
+  // Both VMs start at once (each is a Node process loading the WASM hot path); a failed start is reported, the other still cleaned up.
+  const started = await Promise.allSettled([
+    startVm(dir, 'source', ['--machine', 'none', '--ram', ram, '--mem-path', image, '--workload', o.workload]),
+    startVm(dir, 'destination', ['--machine', 'none', '--ram', ram, '--incoming', 'defer', '--workload', DESTINATION_WORKLOAD]),
+  ]);
+  for (const r of started) if (r.status === 'fulfilled') vms.push(r.value);
+  for (const r of started) if (r.status === 'rejected') throw r.reason;
+  const [src, dst] = vms as [DemoVm, DemoVm];
+  const cap = (capability: string, state: boolean): { capability: string; state: boolean } => ({ capability, state });
+  await src.qmp.execute('migrate-set-capabilities', {
+    capabilities: [cap('xbzrle', o.xbzrle), cap('events', true), cap('return-path', true), cap('postcopy-ram', o.postcopy)],
+  });
+  await dst.qmp.execute('migrate-set-capabilities', {
+    capabilities: [cap('events', true), cap('postcopy-ram', o.postcopy), cap('postcopy-blocktime', o.postcopy)],
+  });
+  await src.qmp.execute('migrate-set-parameters', {
+    'max-bandwidth': pace.precopyBandwidth,
+    'max-postcopy-bandwidth': pace.postcopyBandwidth,
+    'downtime-limit': 300,
+    'xbzrle-cache-size': pace.xbzrleCacheSize,
+  });
+  rep.line(`postcopy demo: ${o.ramMiB} MiB guest (${size(dataBytes)} of random data, the rest zero pages)`);
+  rep.line(`  source       postcopy vm --ram ${ram} --workload ${o.workload}`);
+  rep.line(`  destination  postcopy vm --ram ${ram} --incoming defer --workload ${DESTINATION_WORKLOAD}`);
+  const plan = [`precopy at ${size(pace.precopyBandwidth)}/s${o.xbzrle ? ' with XBZRLE' : ''}`];
+  if (o.postcopy) {
+    plan.push(`migrate-start-postcopy after ${pace.precopyMs / 1000} s (postcopy background at ${size(pace.postcopyBandwidth)}/s)`);
+    if (o.cut) plan.push(`cut the link (${o.cutMode}) ${pace.cutAfterMs / 1000} s into postcopy, recover`);
+  }
+  plan.push('complete', 'verify RAM');
+  rep.line(`  plan         ${plan.join(', ')}`);
+
+  tl.start();
+  tl.follow(src);
+  tl.follow(dst);
+  say('demo', 'migrate-incoming tcp:127.0.0.1:0 (destination)');
+  await dst.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+  const di = await dst.qmp.execute<{ 'socket-address'?: { port: string }[] }>('query-migrate');
+  const port = di['socket-address']?.[0]?.port;
+  if (!port) throw new Error('the destination did not report its listening port');
+  const dstUri = `tcp:127.0.0.1:${port}`;
+  let migrateUri = dstUri;
+  let proxy: FaultProxy | undefined;
+  if (o.cut) {
+    proxy = new FaultProxy({ listen: 'tcp:127.0.0.1:0', target: dstUri });
+    setProxy(proxy);
+    migrateUri = await proxy.listen();
+    facts.proxy = proxy;
+    let firstConn: number | undefined;
+    proxy.on('connection', (conn: number) => (firstConn ??= conn));
+    proxy.on('item', (it: ProxyItem, conn: number) => {
+      if (conn !== firstConn && HANDSHAKE_KINDS.has(it.kind)) say('proxy', describeHandshakeItem(it));
+    });
+    say('proxy', `FaultProxy on ${migrateUri}, relaying to the destination ${dstUri}`);
+  }
+
+  await sleep(300); // let the workload dirty some memory first
+  facts.tMigrate = tl.now();
+  say('demo', `migrate ${migrateUri} (source)`);
+  await src.qmp.execute('migrate', { uri: migrateUri });
+  const poller = new ProgressPoller(src, dst, rep);
+  setPoller(poller);
+  facts.poller = poller;
+  await tl.wait('source', 'active', 1, pace.phaseTimeoutMs);
+
+  if (o.postcopy) {
+    // ---- precopy for a moment, then the switchover
+    await Promise.race([sleep(pace.precopyMs), tl.wait('source', 'completed', 1, pace.precopyMs + 1000).catch(() => undefined)]);
+    if (tl.find('source', 'completed')) {
+      say('demo', 'precopy converged before the switch: no postcopy this time');
+    } else {
+      say('demo', 'migrate-start-postcopy (source)');
+      await src.qmp.execute('migrate-start-postcopy');
+      await tl.wait('source', 'postcopy-active', 1, pace.phaseTimeoutMs);
+      await tl.wait('destination', 'postcopy-active', 1, pace.phaseTimeoutMs);
+      if (proxy) await cutAndRecover(o, pace, src, dst, proxy, dstUri, tl, say, facts);
+    }
+  }
+
+  // ---- completion
+  await tl.wait('source', 'completed', 1, pace.phaseTimeoutMs * 2);
+  await tl.wait('destination', 'completed', 1, pace.phaseTimeoutMs);
+  await poller.stop();
+  rep.clearProgress();
+  return printSummary(src, dst, facts, (s) => rep.line(s));
+}
+
+/** The cut, the paused state, migrate-recover + migrate resume=true, back to postcopy-active. */
+async function cutAndRecover(
+  o: DemoOptions,
+  pace: DemoPacing,
+  src: DemoVm,
+  dst: DemoVm,
+  proxy: FaultProxy,
+  dstUri: string,
+  tl: Timeline,
+  say: (who: string, text: string) => void,
+  facts: StoryFacts,
+): Promise<void> {
+  await sleep(pace.cutAfterMs);
+  const st = await src.qmp.execute<MigrateInfo>('query-migrate');
+  if (st.status !== 'postcopy-active') {
+    say('demo', `postcopy was over before the cut (source ${st.status}): nothing to recover`);
+    return;
+  }
+  facts.tCut = tl.now();
+  const cut: ProxyCut | undefined = proxy.cut(o.cutMode);
+  if (!cut) throw new Error('the proxy had no open connection to cut');
+  facts.cut = cut;
+  say('proxy', `cut the link (${o.cutMode === 'reset' ? 'reset: RST' : 'kill: FIN'}) after ${size(cut.relayed.main)} → and ${size(cut.relayed.rp)} ← relayed`);
+  await tl.wait('source', 'postcopy-paused', 1, pace.phaseTimeoutMs);
+  await tl.wait('destination', 'postcopy-paused', 1, pace.phaseTimeoutMs);
+
+  // The destination's guest waits on its missing pages; nothing is lost or failed.
+  const w1 = await dst.qmp.execute<WorkloadInfo>('x-query-workload');
+  await sleep(pace.pausedMs);
+  const w2 = await dst.qmp.execute<WorkloadInfo>('x-query-workload');
+  const visits = w2.visits - w1.visits;
+  say('demo', `destination guest: ${visits} page visits in ${pace.pausedMs} ms ${visits === 0 ? '(blocked on a missing page)' : '(on pages it already has)'}`);
+
+  facts.tRecover = tl.now();
+  say('demo', `migrate-recover ${dstUri} (destination), migrate ${proxy.uri} resume=true (source)`);
+  await dst.qmp.execute('migrate-recover', { uri: dstUri });
+  await src.qmp.execute('migrate', { uri: proxy.uri, resume: true });
+  await tl.wait('source', 'postcopy-active', 2, pace.phaseTimeoutMs);
+  await tl.wait('destination', 'postcopy-active', 2, pace.phaseTimeoutMs);
+}
+
+/** A decoded recovery-handshake item as one story line. */
+function describeHandshakeItem(it: ProxyItem): string {
+  const arrow = it.dir === 'main' ? '→' : '←';
+  const f = it.fields;
+  const block = f['blockName'] ?? f['name'] ?? '';
+  if (it.kind === 'RECV_BITMAP_DATA') return `${arrow} ${it.kind} ${String(block)}: ${String(f['setBits'])} pages received (${String(f['size'])} bytes)`;
+  return `${arrow} ${it.kind}${block !== '' ? ` ${String(block)}` : ''}`;
+}
