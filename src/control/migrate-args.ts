@@ -23,7 +23,6 @@ export const MIGRATE_ERRORS = {
   startPostcopyIdle: 'Postcopy must be started after migration has been started',
   pauseNotPostcopy: 'migrate-pause is currently only supported during postcopy-active state',
   recoverNotPaused: 'Migrate recover can only be run when postcopy is paused.',
-  recoverTriggered: 'Migrate recovery is triggered already',
   notExpectedState: (s: string) => `Migration not in expected state: ${s}`,
 } as const;
 

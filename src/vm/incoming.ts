@@ -93,8 +93,6 @@ export class Incoming {
   private finished = false;
   /** migrate-recover's listener while it waits for the source. */
   private recoverListener: Listener | undefined;
-  /** QEMU's postcopy_recover_triggered: one migrate-recover at a time. */
-  private recoverTriggered = false;
   /** Serves the workload's faults during postcopy. */
   bridge: FaultBridge | undefined;
 
@@ -268,37 +266,36 @@ export class Incoming {
   }
 
   /**
-   * migrate-recover {uri}: only postcopy-paused; emits MIGRATION setup (the
-   * status stays postcopy-paused), listens, and gives the one accepted
-   * connection to dest.recover(). A failed handshake leaves it paused and a
-   * later migrate-recover may try again.
+   * migrate-recover {uri}: only in postcopy-paused. Emits MIGRATION setup
+   * (the status stays postcopy-paused), drops a previous migrate-recover's
+   * listener that has not been connected yet (QEMU 7.2 lets the user retry),
+   * listens, and gives the one accepted connection to dest.recover(). A
+   * failed handshake leaves it postcopy-paused for another migrate-recover.
    */
   async recover(uri: string): Promise<void> {
     const dest = this.dest;
     if (this.status.status !== 'postcopy-paused' || !dest) throw new QmpError(MIGRATE_ERRORS.recoverNotPaused);
-    if (this.recoverTriggered) throw new QmpError(MIGRATE_ERRORS.recoverTriggered);
-    this.recoverTriggered = true;
     this.status.emitSetup();
+    const old = this.recoverListener;
+    this.recoverListener = undefined;
+    await old?.close().catch(() => undefined);
     let l: Listener;
     try {
       l = await listen(uri);
     } catch (e) {
-      this.recoverTriggered = false;
       throw new QmpError(e instanceof Error ? e.message : String(e));
     }
-    await this.recoverListener?.close().catch(() => undefined);
     this.recoverListener = l;
     void (async () => {
       try {
         const ch = await l.accept();
+        void l.close().catch(() => undefined);
         this.channel = ch;
         await dest.recover(ch);
       } catch {
-        /* back in postcopy-paused (or the listener closed): a later migrate-recover may retry */
+        /* listener replaced or closed, or the handshake broke: back in postcopy-paused */
       } finally {
-        this.recoverTriggered = false;
         if (this.recoverListener === l) this.recoverListener = undefined;
-        void l.close().catch(() => undefined);
       }
     })();
   }

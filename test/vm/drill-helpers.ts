@@ -59,7 +59,7 @@ export async function bothPaused(d: Drill, timeoutMs = 15_000): Promise<void> {
 
 /**
  * One recovery attempt: migrate-recover on the destination (retried while a
- * previous attempt is still winding down), then migrate resume=true on the source.
+ * broken handshake is still winding down), then migrate resume=true on the source.
  */
 export async function recover(d: Drill, timeoutMs = 15_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -69,7 +69,7 @@ export async function recover(d: Drill, timeoutMs = 15_000): Promise<void> {
       break;
     } catch (e) {
       const m = (e as Error).message;
-      if (m !== MIGRATE_ERRORS.recoverTriggered && m !== MIGRATE_ERRORS.recoverNotPaused) throw e;
+      if (m !== MIGRATE_ERRORS.recoverNotPaused) throw e;
       if (Date.now() > end) throw new Error(`migrate-recover kept failing: ${m}`);
       await sleep(20);
     }

@@ -140,7 +140,12 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
         const deadResume = await src.qmp.execute('migrate', { uri: 'tcp:127.0.0.1:1', resume: true });
         await sleep(200);
         const afterDead = await src.qmp.execute<Record<string, unknown>>('query-migrate');
-        await dst.qmp.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
+        // migrate-recover twice: the second one replaces the first listener; a bad URI is refused
+        const recoverReplies = await replies(dst.qmp, [
+          ['migrate-recover', { uri: 'tcp:127.0.0.1:0' }],
+          ['migrate-recover', { uri: 'bogus:x' }],
+          ['migrate-recover', { uri: 'tcp:127.0.0.1:0' }],
+        ]);
         const recovering = await dst.qmp.execute<Record<string, unknown>>('query-migrate');
         await src.qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
         await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await lastPort(dst.qmp)}`, resume: true });
@@ -151,6 +156,7 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
           during: [duringSrc, duringDst],
           activeReplies,
           deadResume: [deadResume, afterDead.status, afterDead['error-desc']],
+          recoverReplies,
           pausedReplies,
           pausedKeys: [keys(pausedSrc), keys(pausedDst)],
           recovering: { status: recovering.status, addresses: (recovering['socket-address'] as unknown[] | undefined)?.length },
