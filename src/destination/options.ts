@@ -18,7 +18,7 @@ export interface DestinationOptions {
   allocBlock?: BlockAllocator;
   /** Start the VM after loading unless globalstate says otherwise (QEMU without -S). Default true. */
   autostart?: boolean;
-  /** Local postcopy-ram capability (only checked against POSTCOPY_ADVISE). */
+  /** Local postcopy-ram capability: must match POSTCOPY_ADVISE (16 bytes when on); enables the postcopy path. */
   postcopyRam?: boolean;
   pageOps?: PageOps;
   status?: StatusPort;
