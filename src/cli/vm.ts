@@ -20,7 +20,14 @@ A simulated VM that migrates like qemu-system-x86_64 7.2 -M none, driven over QM
   --workload SPEC    pattern=seq|rand|hot,rate=N|max,bytes=N,wss=SIZE,mode=write|read
   -S                 start paused (prelaunch)
   --incoming URI     wait for an incoming migration on URI, or "defer" (migrate-incoming)
-  --qmp ADDRESS      QMP socket (unix:PATH or tcp:HOST:PORT)`;
+  --qmp ADDRESS      QMP socket (unix:PATH or tcp:HOST:PORT)
+
+Postcopy (capability postcopy-ram on both sides): migrate-start-postcopy on the
+source; the destination's workload runs from POSTCOPY_RUN and every page it
+touches that has not arrived yet is requested from the source (it waits like a
+vCPU in userfaultfd; x-query-workload shows faults and blocked-ms).
+migrate-pause (either side), migrate-recover {uri} (destination) and
+migrate {uri, resume: true} (source) recover a broken link as QEMU 7.2 does.`;
 
 /** Parses the command line into VmOptions and the QMP address. */
 export function parseVmArgs(args: string[]): { opts: VmOptions; qmp: string } | { help: true } {
