@@ -19,7 +19,7 @@ import { ChannelReader } from '../engine/bytes.js';
 import { vmdescJson } from './vmdesc-json.js';
 import { StreamWriter } from '../wire/writer.js';
 import { encodeConfiguration, encodeFooter, encodeHeader, encodeSection } from '../wire/stream.js';
-import type { DeviceSection, PageOps, SourceGuest } from '../engine/ports.js';
+import type { PageOps, SourceGuest } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
 import type { MigrationStatus, StatusPort } from '../engine/status.js';
 import { StatusMachine } from '../control/status.js';
@@ -38,17 +38,18 @@ import { RamSaver } from './ram-saver.js';
 import { SourceReturnPath, type PageRequest } from './return-path.js';
 import { AutoConverge } from './throttle.js';
 import { SourceRates } from './rates.js';
+import { encodeDevices, RAM_SECTION_ID, resolveDevices, type DeviceSource } from './devices.js';
+
+export { RAM_SECTION_ID, resolveDevices } from './devices.js';
 
 const TP = TARGET_PAGE_SIZE;
-/** Section id of "ram" (QEMU's, §11). Device sections are numbered after it. */
-export const RAM_SECTION_ID = 2;
 
 /** Options of one outgoing migration. */
 export interface MigrateOptions {
   /** Machine type name for the configuration section (`none` imitates -M none). */
   machineName?: string;
   /** Device sections sent FULL at completion (in postcopy: inside the package); called after the guest stopped. */
-  devices?: readonly DeviceSection[] | (() => readonly DeviceSection[]);
+  devices?: DeviceSource;
   /** Write the VMDESCRIPTION after EOF (default true; QEMU's !suppress-vmdesc). Never in postcopy. */
   vmdesc?: boolean;
   /** Aborting cancels the migration (as migrate_cancel). */
@@ -71,11 +72,6 @@ export interface SourceOptions {
 }
 
 export const now = (): number => performance.now();
-
-/** The device sections of a migration, resolved after the guest stopped. */
-export function resolveDevices(opts: MigrateOptions): readonly DeviceSection[] {
-  return typeof opts.devices === 'function' ? opts.devices() : (opts.devices ?? []);
-}
 
 /** Precopy machinery shared with the postcopy layer. */
 export abstract class SourceCore extends EventEmitter {
@@ -397,16 +393,5 @@ export abstract class SourceCore extends EventEmitter {
   protected finishRates(): void {
     const transferTime = this.totalTime - this.setupTime;
     if (transferTime > 0) this.rates.mbps = (this.writer!.transferred * 8) / transferTime / 1000;
-  }
-}
-
-/** FULL sections of the non-iterable devices, numbered after "ram". */
-export function encodeDevices(w: Parameters<typeof encodeFooter>[0], devs: readonly DeviceSection[]): void {
-  let id = RAM_SECTION_ID + 1;
-  for (const d of devs) {
-    encodeSection(w, { kind: 'full', sectionId: id, idstr: d.idstr, instanceId: d.instanceId, versionId: d.versionId });
-    w.bytes(d.payload);
-    encodeFooter(w, id);
-    id++;
   }
 }

@@ -8,7 +8,7 @@ import { encodeCommand, encodeDiscards, type DiscardRange } from '../wire/comman
 import { ByteWriter, type WireSink } from '../wire/writer.js';
 import type { DeviceSection, PageBits } from '../engine/ports.js';
 import { nextSetBit, type RamSaver } from './ram-saver.js';
-import { encodeDevices } from './core.js';
+import { encodeDevices } from './devices.js';
 
 const TP = TARGET_PAGE_SIZE;
 
