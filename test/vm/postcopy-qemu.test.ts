@@ -28,12 +28,12 @@ interface Peer {
 const image = path.join('/tmp', `postcopy-pcdrill-${process.pid}.ram`);
 afterAll(() => fs.rmSync(image, { force: true }));
 
-async function peer(kind: Kind, role: 'source' | 'destination'): Promise<Peer> {
+async function peer(kind: Kind, role: 'source' | 'destination', paused = false): Promise<Peer> {
   if (kind === 'qemu') {
     const q: QemuProcess = await startQemu({
       machine: 'none',
       memory: `${SIZE / MiB}M`,
-      paused: false,
+      paused,
       incoming: role === 'destination' ? 'defer' : undefined,
       ramFill: role === 'source' ? (c, off) => c.set(fs.readFileSync(image).subarray(off, off + c.length)) : 'zero',
     });
@@ -45,7 +45,7 @@ async function peer(kind: Kind, role: 'source' | 'destination'): Promise<Peer> {
     role === 'source'
       ? ['--ram', `${SIZE / MiB}M`, '--mem-path', image]
       : // a destination guest that reads its RAM: every page it touches faults through postcopy
-        ['--ram', `${SIZE / MiB}M`, '--incoming', 'defer', '--workload', 'mode=read,pattern=rand,rate=2000'],
+        ['--ram', `${SIZE / MiB}M`, '--incoming', 'defer', '--workload', 'mode=read,pattern=rand,rate=2000', ...(paused ? ['-S'] : [])],
   );
   return { qmp: v.qmp, events: v.events, ramSha: async () => (await v.qmp.execute<Digest>('x-ram-digest')).blocks[0]!.sha256, cleanup: () => v.cleanup() };
 }
@@ -176,6 +176,74 @@ describe.skipIf(!hasQemu)(`the same postcopy + recovery drill on every pair ${qe
           expect((dinfo['x-postcopy-fault-latency'] as { count: number }).count).toBeGreaterThan(0);
           expect((sinfo.ram as Record<string, number>)['postcopy-requests']).toBeGreaterThan(0);
         }
+        const reference = results.get('qemu→qemu');
+        expect(reference).toBeDefined();
+        expect(outcome).toEqual(reference);
+      } finally {
+        await src.cleanup();
+        await dst.cleanup();
+      }
+    }, 60_000);
+  }
+});
+
+describe.skipIf(!hasQemu)(`pause-before-switchover into postcopy, destination started with -S ${qemuSkipReason}`, () => {
+  const results = new Map<string, unknown>();
+  const pairs: Array<[Kind, Kind]> = [
+    ['qemu', 'qemu'],
+    ['qemu', 'postcopy'],
+    ['postcopy', 'qemu'],
+    ['postcopy', 'postcopy'],
+  ];
+  for (const [s, d] of pairs) {
+    it(`${s} → ${d}`, async () => {
+      if (!fs.existsSync(image)) {
+        const b = Buffer.alloc(SIZE);
+        randomFillSync(b.subarray(0, (SIZE * 3) / 4));
+        fs.writeFileSync(image, b);
+      }
+      const src = await peer(s, 'source');
+      const dst = await peer(d, 'destination', true);
+      try {
+        await src.qmp.execute('migrate-set-capabilities', {
+          capabilities: ['events', 'postcopy-ram', 'pause-before-switchover'].map((capability) => ({ capability, state: true })),
+        });
+        await dst.qmp.execute('migrate-set-capabilities', {
+          capabilities: ['events', 'postcopy-ram'].map((capability) => ({ capability, state: true })),
+        });
+        await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB, 'max-postcopy-bandwidth': 16 * MiB });
+        await dst.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+        await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await lastPort(dst.qmp)}` });
+        await waitStatus(src.qmp, ['active']);
+        await src.qmp.execute('migrate-start-postcopy');
+        await waitStatus(src.qmp, ['pre-switchover']);
+        await sleep(100);
+        const atPre = {
+          src: await src.qmp.execute('query-status'),
+          dst: (await dst.qmp.execute<Record<string, unknown>>('query-migrate')).status,
+          wrongState: await src.qmp.execute('migrate-continue', { state: 'active' }).then(
+            () => 'ok',
+            (e: Error) => e.message,
+          ),
+        };
+        await src.qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        const sinfo = await waitStatus(src.qmp, ['completed'], 30_000);
+        const dinfo = await waitStatus(dst.qmp, ['completed'], 30_000);
+        await sleep(100);
+        const beforeCont = await dst.qmp.execute('query-status');
+        await dst.qmp.execute('cont');
+        const outcome = {
+          atPre,
+          sourceKeys: keys(sinfo),
+          destinationKeys: keys(dinfo),
+          sourceStatus: await src.qmp.execute('query-status'),
+          // -S: the destination is paused after RUN until cont
+          destinationStatus: [beforeCont, await dst.qmp.execute('query-status')],
+          sourceEvents: summary(src.events),
+          destinationEvents: summary(dst.events),
+        };
+        results.set(`${s}→${d}`, outcome);
+        expect(await dst.ramSha()).toBe(sha(fs.readFileSync(image)));
         const reference = results.get('qemu→qemu');
         expect(reference).toBeDefined();
         expect(outcome).toEqual(reference);
