@@ -4,7 +4,8 @@
  * postcopy-active → both sides postcopy-paused, migrate-recover on QEMU, our
  * resume() → both postcopy-active → completed, RAM equal; (2) the link is
  * black-holed → our keepalive pauses us (QEMU notices nothing and needs
- * migrate-pause), then the same recovery. Never cut inside the handshake
+ * migrate-pause), then the same recovery; (3) our migrate-pause (QEMU pauses
+ * on the channel end, as with a QEMU source). Never cut inside the handshake
  * (SPEC §7.3: a QEMU 7.2 destination crashes).
  */
 import fs from 'node:fs';
@@ -51,7 +52,7 @@ async function connect(port: number): Promise<net.Socket> {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const devices = () => [{ idstr: 'globalstate', instanceId: 0, versionId: 1, payload: encodeGlobalState('running') }];
 
-async function drill(mode: CutMode): Promise<void> {
+async function drill(mode: CutMode | 'migrate-pause'): Promise<void> {
   const port = await freePort();
   const q = await startQemu({ machine: 'none', memory: '64M', ramFill: 'zero', incoming: 'defer' });
   procs.push(q);
@@ -82,7 +83,8 @@ async function drill(mode: CutMode): Promise<void> {
   await sleep(300); // postcopy pages flowing
   expect(src.status).toBe('postcopy-active');
   const cutAt = performance.now();
-  proxy.cut(mode);
+  if (mode === 'migrate-pause') src.pause();
+  else proxy.cut(mode);
   for (let i = 0; i < 300 && src.status !== 'postcopy-paused'; i++) await sleep(10);
   expect(src.status).toBe('postcopy-paused');
   const pausedAfter = performance.now() - cutAt;
@@ -110,5 +112,6 @@ async function drill(mode: CutMode): Promise<void> {
 
 describe.skipIf(!hasQemu)(`postcopy pause + recovery against QEMU 7.2 ${qemuSkipReason}`, () => {
   it('link reset while postcopy-active: both paused, migrate-recover + resume, completed, RAM equal', () => drill('reset'), 30_000);
+  it('migrate-pause on our source: QEMU sees the channel end and pauses too; recovery completes', () => drill('migrate-pause'), 30_000);
   it('link black-holed: our keepalive pauses, QEMU needs migrate-pause, then recovery completes', () => drill('blackhole'), 30_000);
 });
