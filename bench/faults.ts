@@ -13,8 +13,11 @@
  * The last line is `RESULT {json}` (bench/lib/fault-stats.ts).
  *
  * Options: --quick (256 MiB), --size MiB (default 1024), --idle-faults N
- * (default 2000), --idle-ms ms (default 1500), --design NAME (default
- * baseline; see bench/lib/fault-peer.ts).
+ * (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
+ * NAME[,NAME…] (default preempt: requests served on a postcopy-preempt
+ * channel; baseline: on the main channel), --rounds N (default 1; several
+ * designs run interleaved, a summary of medians follows). The RESULT line
+ * is that of the last run.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
@@ -26,6 +29,7 @@ import {
   busyPct,
   fmtUs,
   machineJiffies,
+  splitLegs,
   RESULT_PREFIX,
   summarise,
   targetChecks,
@@ -43,7 +47,8 @@ const quick = argv.includes('--quick');
 const RAM_BYTES = Number(opt('--size') ?? (quick ? 256 : 1024)) * MiB;
 const IDLE_FAULTS = Number(opt('--idle-faults') ?? 2000);
 const IDLE_MS = Number(opt('--idle-ms') ?? (quick ? 500 : 1500));
-const DESIGN = opt('--design') ?? 'baseline';
+const DESIGNS = (opt('--design') ?? 'preempt').split(',');
+const ROUNDS = Number(opt('--rounds') ?? 1);
 const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
 const peerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib', 'fault-peer.js');
 
@@ -90,7 +95,7 @@ class Peer {
   }
 }
 
-async function runOnce(): Promise<FaultBenchResult> {
+async function runOnce(DESIGN: string): Promise<FaultBenchResult> {
   const load0 = os.loadavg()[0]!;
   const dst = new Peer('destination');
   const src = new Peer('source');
@@ -130,6 +135,8 @@ async function runOnce(): Promise<FaultBenchResult> {
       loadAvg: [load0, load1],
       machineBusyPct: busyPct(j0, j1),
       cpus: os.cpus().length,
+      legs: splitLegs(d.legs, s.requestSeen),
+      preemptPages: s.preemptPages,
       sourceCpu: s.cpu,
       destCpu: d.cpu,
     };
@@ -147,12 +154,16 @@ function report(r: FaultBenchResult): void {
     ['phase', 'faults', 'p50', 'p99', 'max', 'mean'],
     [row('idle (background ~0)', r.idle), row('loaded (background full speed)', r.loaded)],
   );
+  const lg = r.legs;
+  console.log(
+    `loaded round trip by leg, p50 / p99: request → read by the source ${fmtUs(lg.toSource.p50Us)} / ${fmtUs(lg.toSource.p99Us)}; → page placed on the destination ${fmtUs(lg.toPlaced.p50Us)} / ${fmtUs(lg.toPlaced.p99Us)}; → faulting code resumed ${fmtUs(lg.toResumed.p50Us)} / ${fmtUs(lg.toResumed.p99Us)}`,
+  );
   const ds = r.destStats;
   console.log(
     `destination faultStats() (request → placement, whole run): requests ${ds.requests}, placed ${ds.count}, p50 ${fmtUs(ds.p50Us)}, p99 ${fmtUs(ds.p99Us)}, max ${fmtUs(ds.maxUs)}`,
   );
   console.log(
-    `background: ${(r.loadedBytes / 1e6).toFixed(0)} MB in ${r.loadedMs.toFixed(0)} ms = ${r.backgroundGBps.toFixed(2)} GB/s; source served ${r.postcopyRequests} requests (${r.ignoredRequests} pages already sent)`,
+    `background: ${(r.loadedBytes / 1e6).toFixed(0)} MB in ${r.loadedMs.toFixed(0)} ms = ${r.backgroundGBps.toFixed(2)} GB/s; source served ${r.postcopyRequests} requests (${r.ignoredRequests} pages already sent, ${r.preemptPages} pages on the preempt channel)`,
   );
   const pct = (c: { userMs: number; sysMs: number }): string => `${(((c.userMs + c.sysMs) / r.loadedMs) * 100).toFixed(0)} %`;
   console.log(
@@ -166,14 +177,50 @@ function report(r: FaultBenchResult): void {
   );
 }
 
+function summary(all: FaultBenchResult[]): void {
+  const med = (xs: number[]): number => {
+    const s = [...xs].sort((a, b) => a - b);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  };
+  printTable(
+    `Medians over ${ROUNDS} rounds per design`,
+    ['design', 'idle p50', 'idle p99', 'loaded p50', 'loaded p99', 'loaded max', 'background GB/s', 'machine busy'],
+    DESIGNS.map((d) => {
+      const rs = all.filter((r) => r.design === d);
+      const m = (f: (r: FaultBenchResult) => number): number => med(rs.map(f));
+      return [
+        d,
+        fmtUs(m((r) => r.idle.p50Us)),
+        fmtUs(m((r) => r.idle.p99Us)),
+        fmtUs(m((r) => r.loaded.p50Us)),
+        fmtUs(m((r) => r.loaded.p99Us)),
+        fmtUs(m((r) => r.loaded.maxUs)),
+        m((r) => r.backgroundGBps).toFixed(2),
+        `${m((r) => r.machineBusyPct).toFixed(0)} %`,
+      ];
+    }),
+  );
+}
+
 async function main(): Promise<number> {
   console.log(
-    `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGN}`,
+    `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGNS.join(', ')}, ${ROUNDS} round(s)`,
   );
-  const r = await runOnce();
-  report(r);
-  console.log(RESULT_PREFIX + JSON.stringify(r));
-  const ok = r.sourceStatus === 'completed' && r.destStatus === 'completed' && r.ramEqual;
+  const all: FaultBenchResult[] = [];
+  let ok = true;
+  for (let round = 1; round <= ROUNDS; round++) {
+    const order = round % 2 ? DESIGNS : [...DESIGNS].reverse();
+    for (const design of order) {
+      const r = await runOnce(design);
+      if (ROUNDS > 1 || DESIGNS.length > 1) console.log(`\n== round ${round}, design ${design}`);
+      report(r);
+      all.push(r);
+      ok &&= r.sourceStatus === 'completed' && r.destStatus === 'completed' && r.ramEqual;
+    }
+  }
+  if (all.length > 1) summary(all);
+  console.log(RESULT_PREFIX + JSON.stringify(all[all.length - 1]));
   return ok ? 0 : 1;
 }
 

@@ -16,6 +16,8 @@ import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { MigrationDestination } from '../../src/destination/destination.js';
 import { MigrationSource } from '../../src/source/source.js';
+import { PreemptDestination } from '../../src/preempt/destination.js';
+import { PreemptSource } from '../../src/preempt/source.js';
 import type { EngineRamBlock, SourceGuest } from '../../src/engine/ports.js';
 import { TARGET_PAGE_SIZE } from '../../src/wire/constants.js';
 import type { CpuFigures } from './fault-stats.js';
@@ -40,6 +42,10 @@ export type PeerEvent =
 
 export interface SourcePeerResult {
   status: string;
+  /** Page offset → hrtime (ns, CLOCK_MONOTONIC: comparable across processes) when the source read its request. */
+  requestSeen: Array<[number, number]>;
+  /** Requested pages sent on the preempt channel. */
+  preemptPages: number;
   postcopyRequests: number;
   ignoredRequests: number;
   transferred: number;
@@ -49,6 +55,8 @@ export interface SourcePeerResult {
 
 export interface DestPeerResult {
   status: string;
+  /** Loaded-phase faults: [page offset, request sent, page placed, faulting code resumed], hrtime ns. */
+  legs: Array<[number, number, number, number]>;
   idleUs: number[];
   loadedUs: number[];
   stats: { requests: number; count: number; p50Us: number; p99Us: number; maxUs: number };
@@ -96,16 +104,37 @@ function fatal(e: unknown): void {
 
 async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
   const guest = stoppedGuest(init.ramBytes);
-  const src = new MigrationSource(guest, {
+  const preempt = init.design.includes('preempt');
+  const opts = {
     capabilities: { postcopyRam: true },
     // Idle phase: the background scan is throttled to ~0 (one page per 100 ms window).
     parameters: { maxBandwidth: 10 * 2 ** 30, maxPostcopyBandwidth: 1 },
-  });
-  const sock = net.connect({ port: init.port!, host: '127.0.0.1', noDelay: true });
-  await new Promise<void>((resolve, reject) => {
-    sock.once('connect', resolve);
-    sock.once('error', reject);
-  });
+  };
+  const src = preempt ? new PreemptSource(guest, opts) : new MigrationSource(guest, opts);
+  // Timestamps of request arrival (the return-path reader's 'onPageRequest').
+  const requestSeen: Array<[number, number]> = [];
+  const handlers = (src as unknown as { returnPathHandlers(): { onPageRequest?: (r: { start: number }) => void } });
+  const origHandlers = handlers.returnPathHandlers.bind(src);
+  handlers.returnPathHandlers = () => {
+    const h = origHandlers();
+    const on = h.onPageRequest;
+    h.onPageRequest = (r) => {
+      requestSeen.push([r.start, Number(process.hrtime.bigint())]);
+      on?.(r);
+    };
+    return h;
+  };
+  const connect = async (): Promise<net.Socket> => {
+    const sock = net.connect({ port: init.port!, host: '127.0.0.1', noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', resolve);
+      sock.once('error', reject);
+    });
+    return sock;
+  };
+  const sock = await connect();
+  // The destination takes the second connection as the preempt channel.
+  if (src instanceof PreemptSource) src.setPreemptChannel(await connect());
   let c0 = process.cpuUsage();
   onCommand = (c) => {
     if (c.cmd !== 'fullSpeed') return;
@@ -121,6 +150,8 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   send({
     ev: 'sourceResult',
     status,
+    requestSeen,
+    preemptPages: src instanceof PreemptSource ? src.preemptPages : 0,
     postcopyRequests: info.ram?.['postcopy-requests'] ?? 0,
     ignoredRequests: src.ignoredRequestPages,
     transferred: info.ram?.transferred ?? 0,
@@ -131,14 +162,24 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
 
 async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
   const b = block(init.ramBytes);
-  const dest = new MigrationDestination({ blocks: [b], postcopyRam: true });
+  const preempt = init.design.includes('preempt');
+  const dest = preempt ? new PreemptDestination({ blocks: [b], postcopyRam: true }) : new MigrationDestination({ blocks: [b], postcopyRam: true });
   const pages = init.ramBytes / TP;
   const server = net.createServer({ noDelay: true });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const conns: net.Socket[] = [];
+  const accepted = new Promise<void>((r) =>
+    server.on('connection', (c) => {
+      conns.push(c);
+      if (conns.length === (preempt ? 2 : 1)) r();
+    }),
+  );
   send({ ev: 'listening', port: (server.address() as net.AddressInfo).port });
-  const sock = await accepted;
+  await accepted;
   server.close();
+  const sock = conns[0]!;
+  // QEMU's destination also waits for the preempt channel before it loads.
+  if (dest instanceof PreemptDestination) dest.attachPreempt(conns[1]!).catch(() => undefined);
   const run = new Promise<void>((r) => dest.once('postcopyRun', () => r()));
   let finished = false;
   const loaded = dest.load(sock).finally(() => (finished = true));
@@ -164,12 +205,21 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     }
     return -1;
   };
+  const hr = (): number => Number(process.hrtime.bigint());
+  const legs: Array<[number, number, number, number]> = [];
+  let placedAt = 0;
+  dest.on('pagePlaced', () => (placedAt = hr()));
+  let recordLegs = false;
   const fault = async (): Promise<number> => {
     const p = pickMissing();
     if (p < 0) return -1;
     const t0 = performance.now();
+    const h0 = hr();
+    placedAt = 0;
     await dest.ensure(IDSTR, p * TP, TP);
-    return (performance.now() - t0) * 1000;
+    const us = (performance.now() - t0) * 1000;
+    if (recordLegs) legs.push([p * TP, h0, placedAt, hr()]);
+    return us;
   };
 
   // Idle phase: the background is throttled to ~0 on the same connection.
@@ -185,6 +235,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   await go;
 
   // Loaded phase: the background at full speed until the migration completes.
+  recordLegs = true;
   const c0 = process.cpuUsage();
   const bytes0 = sock.bytesRead;
   const t0 = performance.now();
@@ -206,6 +257,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   send({
     ev: 'destResult',
     status,
+    legs,
     idleUs,
     loadedUs,
     stats: { requests: st.requests, count: st.count, p50Us: st.p50Us, p99Us: st.p99Us, maxUs: st.maxUs },

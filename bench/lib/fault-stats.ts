@@ -68,9 +68,41 @@ export interface FaultBenchResult {
   loadAvg: [number, number];
   machineBusyPct: number;
   cpus: number;
+  /** Loaded phase, medians and p99 of each leg of the round trip (µs): request → source reads it → page placed → faulting code resumed. */
+  legs: { toSource: LatencySummary; toPlaced: LatencySummary; toResumed: LatencySummary };
+  /** Requested pages the source sent on the preempt channel. */
+  preemptPages: number;
   /** CPU of our two processes during the loaded phase. */
   sourceCpu: CpuFigures;
   destCpu: CpuFigures;
+}
+
+/**
+ * Splits loaded-phase round trips into legs with the source's request
+ * arrival times (hrtime ns, one clock for both processes); a request whose
+ * arrival is unknown (or ambiguous) is left out of the first two legs.
+ */
+export function splitLegs(
+  legs: ReadonlyArray<readonly [number, number, number, number]>,
+  seen: ReadonlyArray<readonly [number, number]>,
+): { toSource: LatencySummary; toPlaced: LatencySummary; toResumed: LatencySummary } {
+  const at = new Map<number, number[]>();
+  for (const [off, t] of seen) {
+    const l = at.get(off);
+    if (l) l.push(t);
+    else at.set(off, [t]);
+  }
+  const a: number[] = [];
+  const b: number[] = [];
+  const c: number[] = [];
+  for (const [off, t0, tPlaced, tResumed] of legs) {
+    if (tPlaced > 0) c.push((tResumed - tPlaced) / 1000);
+    const ts = at.get(off)?.filter((t) => t >= t0 && (tPlaced === 0 || t <= tPlaced));
+    if (!ts || ts.length !== 1 || tPlaced === 0) continue;
+    a.push((ts[0]! - t0) / 1000);
+    b.push((tPlaced - ts[0]!) / 1000);
+  }
+  return { toSource: summarise(a), toPlaced: summarise(b), toResumed: summarise(c) };
 }
 
 /** Targets of issue 4 §6. */

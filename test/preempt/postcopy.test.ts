@@ -1,0 +1,119 @@
+/**
+ * PreemptSource → PreemptDestination over loopback TCP (main channel and a
+ * second, preempt connection): requested pages travel on the preempt
+ * channel, never twice, the background on the main channel; completed with
+ * RAM equal. A broken preempt channel pauses both sides; after recovery the
+ * requests go on the main channel.
+ */
+import { once } from 'node:events';
+import net from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { PreemptDestination } from '../../src/preempt/destination.js';
+import { PreemptSource } from '../../src/preempt/source.js';
+import { fillRandom, TestGuest } from '../engine/helpers.js';
+
+const MiB = 1 << 20;
+const TP = 4096;
+
+async function connections(n: number): Promise<{ client: net.Socket[]; server: net.Socket[] }> {
+  const srv = net.createServer({ noDelay: true });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const server: net.Socket[] = [];
+  const all = new Promise<void>((r) =>
+    srv.on('connection', (c) => {
+      server.push(c);
+      if (server.length === n) r();
+    }),
+  );
+  const client: net.Socket[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = net.connect({ port, host: '127.0.0.1', noDelay: true });
+    await new Promise((r) => c.once('connect', r));
+    client.push(c);
+  }
+  await all;
+  srv.close();
+  return { client, server };
+}
+
+async function setup() {
+  const size = 8 * MiB;
+  const g = new TestGuest([{ idstr: 'ram', size }]);
+  fillRandom(g.blocks[0]!.bytes, 5);
+  g.blocks[0]!.bytes.fill(0, 0, 64 * TP); // some zero pages
+  // A slow background (4 MiB/s) so that most faulted pages are still missing.
+  const src = new PreemptSource(g, { capabilities: { postcopyRam: true }, parameters: { maxPostcopyBandwidth: 4 * MiB } });
+  const ram = { idstr: 'ram', usedLength: size, ramAddr: 0, bytes: new Uint8Array(size) };
+  const dest = new PreemptDestination({ blocks: [ram], postcopyRam: true });
+  const { client, server } = await connections(2);
+  src.setPreemptChannel(client[1]!);
+  const preemptDone = dest.attachPreempt(server[1]!).then(
+    () => 'eos',
+    (e: unknown) => `error: ${(e as Error).message}`,
+  );
+  const loaded = dest.load(server[0]!);
+  const migrated = src.migrate(client[0]!);
+  src.startPostcopy();
+  await new Promise<void>((r) => dest.once('postcopyRun', () => r()));
+  const bits = dest.received.get('ram')!;
+  const missing = (p: number): boolean => ((bits[p >>> 5]! >>> (p & 31)) & 1) === 0;
+  const faulted: number[] = [];
+  let x = 12345;
+  /** Faults up to n random missing pages (one at a time) and checks their bytes. */
+  const faults = async (n: number): Promise<void> => {
+    const goal = faulted.length + n;
+    for (let i = 0; i < 10 * n && faulted.length < goal; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      const p = (x >>> 8) % (size / TP);
+      if (!missing(p)) continue;
+      faulted.push(p);
+      const data = await dest.read('ram', p * TP, TP);
+      expect(Buffer.compare(data, g.blocks[0]!.bytes.subarray(p * TP, (p + 1) * TP))).toBe(0);
+    }
+  };
+  return { src, dest, g, ram, client, server, preemptDone, loaded, migrated, faults, faulted };
+}
+
+describe('postcopy with a preempt channel (ours → ours)', () => {
+  it('serves requested pages on the preempt channel, each page sent once, completes with RAM equal', async () => {
+    const r = await setup();
+    await r.faults(60);
+    r.src.setParameters({ maxPostcopyBandwidth: 0 });
+    expect(await r.migrated).toBe('completed');
+    expect(await r.loaded).toBe('completed');
+    expect(await r.preemptDone).toBe('eos');
+    expect(r.faulted.length).toBeGreaterThanOrEqual(50);
+    // Each request was served on the preempt channel (the slow background had not sent them).
+    expect(r.src.preemptPages).toBe(r.dest.preemptPages);
+    expect(r.src.preemptPages + r.src.ignoredRequestPages).toBe(r.faulted.length);
+    expect(r.src.preemptPages).toBeGreaterThanOrEqual(r.faulted.length - 3);
+    expect(r.dest.faultStats().requests).toBe(r.faulted.length);
+    expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBe(r.faulted.length);
+    expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+  });
+
+  it('a broken preempt channel pauses both sides (as QEMU); after recovery requests go on the main channel, completes', async () => {
+    const r = await setup();
+    await r.faults(10);
+    const before = r.src.preemptPages;
+    expect(before).toBeGreaterThanOrEqual(8);
+    const paused = Promise.all([once(r.dest, 'paused'), once(r.src, 'paused')]);
+    r.client[1]!.destroy();
+    await paused;
+    expect(await r.preemptDone).toMatch(/^error/);
+    expect(r.dest.status).toBe('postcopy-paused');
+    expect(r.src.status).toBe('postcopy-paused');
+    const { client, server } = await connections(1);
+    await Promise.all([r.dest.recover(server[0]!), r.src.resume(client[0]!)]);
+    await r.faults(20);
+    r.src.setParameters({ maxPostcopyBandwidth: 0 });
+    expect(await r.migrated).toBe('completed');
+    expect(await r.loaded).toBe('completed');
+    expect(r.faulted.length).toBeGreaterThanOrEqual(25);
+    expect(r.src.preemptPages).toBe(0); // dropped at the pause
+    expect(r.dest.preemptPages).toBe(before);
+    expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBeGreaterThanOrEqual(r.faulted.length);
+    expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+  });
+});
