@@ -46,7 +46,10 @@ export const MIN_RAM_MIB = 8;
 
 /** Timings and rates of one run, derived from the options. */
 export interface DemoPacing {
-  /** Precopy max-bandwidth (bytes/s): RAM/8, so the first pass takes ~2 s (a quarter of RAM is data). */
+  /**
+   * Precopy max-bandwidth (bytes/s). With postcopy RAM/8, so the first pass (a quarter of RAM is data)
+   * takes ~2 s and the switch comes in the middle of it; precopy only: RAM/4, at least 32 MiB/s, to converge.
+   */
   precopyBandwidth: number;
   /** max-postcopy-bandwidth (bytes/s): RAM/16, so the background transfer lasts a few seconds. */
   postcopyBandwidth: number;
@@ -60,19 +63,22 @@ export interface DemoPacing {
   xbzrleCacheSize: number;
   /** Give up on a phase after this long (ms). */
   phaseTimeoutMs: number;
+  /** Precopy only: cancel if it has not converged after this long (ms). */
+  convergeTimeoutMs: number;
 }
 
 /** The pacing for `o` (see DemoPacing). */
 export function demoPacing(o: DemoOptions): DemoPacing {
   const ram = o.ramMiB * MiB;
   return {
-    precopyBandwidth: Math.max(MiB, Math.floor(ram / 8)),
+    precopyBandwidth: o.postcopy ? Math.max(MiB, Math.floor(ram / 8)) : Math.max(32 * MiB, Math.floor(ram / 4)),
     postcopyBandwidth: Math.max(MiB / 2, Math.floor(ram / 16)),
     precopyMs: 1200,
     cutAfterMs: 800,
     pausedMs: 400,
     xbzrleCacheSize: Math.min(32 * MiB, 2 ** Math.floor(Math.log2(ram / 8))),
     phaseTimeoutMs: 30_000,
+    convergeTimeoutMs: 20_000,
   };
 }
 

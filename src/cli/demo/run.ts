@@ -59,6 +59,13 @@ export async function runDemo(o: DemoOptions, out: (line: string) => void = (s) 
   const vms: DemoVm[] = [];
   let proxy: FaultProxy | undefined;
   let poller: ProgressPoller | undefined;
+  // Ctrl-C: no VM left behind, no scratch image left in the temporary directory.
+  const onSigint = (): void => {
+    for (const vm of vms) vm.child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once('SIGINT', onSigint);
   try {
     return await story(o, demoPacing(o), dir, rep, timeline, vms, (p) => (proxy = p), (p) => (poller = p));
   } catch (e) {
@@ -71,6 +78,7 @@ export async function runDemo(o: DemoOptions, out: (line: string) => void = (s) 
     }
     return 1;
   } finally {
+    process.off('SIGINT', onSigint);
     await poller?.stop();
     rep.clearProgress();
     await proxy?.close().catch(() => undefined);
@@ -185,12 +193,35 @@ async function story(
     }
   }
 
+  if (!o.postcopy && !(await converged(src, pace, tl, say))) return 1;
+
   // ---- completion
   await tl.wait('source', 'completed', 1, pace.phaseTimeoutMs * 2);
   await tl.wait('destination', 'completed', 1, pace.phaseTimeoutMs);
   await poller.stop();
   rep.clearProgress();
   return printSummary(src, dst, facts, (s) => rep.line(s));
+}
+
+/**
+ * Precopy only: waits for completion; if precopy does not converge in time (a guest dirtying
+ * memory faster than the link carries it), cancels and says so. True when it completed.
+ */
+async function converged(src: DemoVm, pace: DemoPacing, tl: Timeline, say: (who: string, text: string) => void): Promise<boolean> {
+  const done = await tl.wait('source', 'completed', 1, pace.convergeTimeoutMs).then(
+    () => true,
+    (e: unknown) => {
+      if (tl.find('source', 'failed')) throw e;
+      return false;
+    },
+  );
+  if (done) return true;
+  const info = await src.qmp.execute<MigrateInfo>('query-migrate');
+  const r = info.ram;
+  say('demo', `precopy has not converged after ${pace.convergeTimeoutMs / 1000} s (pass ${r?.['dirty-sync-count'] ?? '?'}, ${size(r?.remaining ?? 0)} remaining): migrate_cancel — postcopy would finish it (drop --no-postcopy)`);
+  await src.qmp.execute('migrate_cancel');
+  await tl.wait('source', 'cancelled', 1, pace.phaseTimeoutMs, ['failed']);
+  return false;
 }
 
 /** The cut, the paused state, migrate-recover + migrate resume=true, back to postcopy-active. */

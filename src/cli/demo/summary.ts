@@ -63,7 +63,7 @@ export async function printSummary(src: DemoVm, dst: DemoVm, f: StoryFacts, line
     const x = s['xbzrle-cache'] ?? f.poller?.xbzrle;
     let pages = `${r.normal} normal, ${r.duplicate} zero`;
     if (x && x.pages > 0) pages += `, ${x.pages} XBZRLE (${size(x.bytes)} encoded, ${x['cache-miss']} cache misses)`;
-    else if (x) pages += `; XBZRLE: no page was resent before the switchover (${x['cache-miss']} cache misses)`;
+    else if (x) pages += `; XBZRLE: 0 pages encoded (${x['cache-miss']} cache misses)`;
     row('pages', pages);
   }
   if (pcActive) {
