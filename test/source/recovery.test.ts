@@ -116,6 +116,68 @@ describe('postcopy pause and recovery (scripted destination)', () => {
     expect(src.ramStats().transferred).toBeGreaterThan(4 * MiB * 0.7);
   });
 
+  it('two blocks: discards per block, REQ_PAGES_ID switching blocks (REQ_PAGES after it), recovery bitmaps per block', async () => {
+    // pc.ram is large enough that the background scan is still inside it when the requests come
+    const g = new TestGuest([{ idstr: 'pc.ram', size: 8 * MiB }, { idstr: 'vga.vram', size: 512 * 1024 }]);
+    fillRandom(g.blocks[0]!.bytes, 3);
+    fillRandom(g.blocks[1]!.bytes.subarray(0, 256 * 1024), 4);
+    const src = new MigrationSource(g, {
+      capabilities: { postcopyRam: true },
+      parameters: { maxBandwidth: 16 * MiB, maxPostcopyBandwidth: 8 * MiB, downtimeLimit: 1 },
+    });
+    const layout = [{ idstr: 'pc.ram', size: 8 * MiB }, { idstr: 'vga.vram', size: 512 * 1024 }];
+    const [a, b] = memoryChannelPair(64 * 1024); // little buffered ahead of the destination
+    let n = 0;
+    const asked: string[] = [];
+    const dest = new ScriptedDestination(layout, {
+      onPage: (d, p) => {
+        if (!p.postcopy) return;
+        n++;
+        if (n === 5) {
+          const v = d.missing('vga.vram');
+          const r = d.missing('pc.ram');
+          asked.push(`vga.vram@${v.at(-1)}`, `vga.vram@${v.at(-2)}`, `pc.ram@${r.at(-1)}`);
+          d.send({ kind: 'reqPagesId', start: v.at(-1)! * 4096, length: 4096, blockName: 'vga.vram' });
+          d.send({ kind: 'reqPages', start: v.at(-2)! * 4096, length: 4096 });
+          d.send({ kind: 'reqPagesId', start: r.at(-1)! * 4096, length: 4096, blockName: 'pc.ram' });
+        }
+        if (n === 400) {
+          b.shutdown();
+          return 'stop';
+        }
+      },
+    });
+    dest.afterPrecopyPages(100, () => src.startPostcopy());
+    const run = src.migrate(a);
+    expect(await dest.serve(b)).toBe('stopped');
+    await until(() => src.status === 'postcopy-paused');
+    const post = dest.pages.filter((p) => p.postcopy).map((p) => `${p.block}@${p.page}`);
+    // served right after they were read, in request order
+    const i = post.indexOf(asked[0]!);
+    expect(i).toBeGreaterThan(4);
+    expect(post.indexOf(asked[1]!)).toBeGreaterThan(i);
+    expect(post.indexOf(asked[2]!)).toBeGreaterThan(post.indexOf(asked[1]!));
+    expect(post.indexOf(asked[2]!) - i).toBeLessThan(8);
+    expect(i).toBeLessThan(5 + 200); // what was already on its way (a 256 KiB batch, 64 KiB buffered), not the scan's queue
+    const missing = { ram: dest.missing('pc.ram'), vga: dest.missing('vga.vram') };
+    expect(missing.ram.length + missing.vga.length).toBeGreaterThan(100);
+    const [a2, b2] = memoryChannelPair();
+    const s2 = dest.serve(b2, true);
+    await src.resume(a2);
+    expect(await run).toBe('completed');
+    expect(await s2).toBe('eof');
+    const after = dest.pages.filter((p) => p.channel === 1);
+    expect(after.filter((p) => p.block === 'pc.ram').map((p) => p.page).sort((x, y) => x - y)).toEqual(missing.ram);
+    expect(after.filter((p) => p.block === 'vga.vram').map((p) => p.page).sort((x, y) => x - y)).toEqual(missing.vga);
+    expect(dest.items.filter((x) => x === 'recvBitmap')).toHaveLength(2);
+    expect(dest.duplicates).toEqual([]);
+    for (const [k, blk] of [...dest.blocks.values()].entries()) {
+      expect(dest.missing(blk.idstr)).toEqual([]);
+      expect(Buffer.compare(Buffer.from(blk.ram), Buffer.from(g.blocks[k]!.bytes))).toBe(0);
+    }
+    expect(src.ramStats()['postcopy-requests']).toBe(3);
+  });
+
   it('migrate-pause: shuts the channel → postcopy-paused (destination sees EOF), resume completes', async () => {
     const { g, src, paused } = setup();
     const [a, b] = memoryChannelPair();

@@ -19,6 +19,7 @@ const TP = 4096;
 
 /** One page as it arrived. */
 export interface PageLog {
+  block: string;
   page: number;
   /** Arrived after LISTEN. */
   postcopy: boolean;
@@ -41,17 +42,23 @@ export interface DestHooks {
   answerPings?(d: ScriptedDestination, value: number): boolean;
 }
 
-/** The scripted destination for one block "ram". */
-export class ScriptedDestination {
+/** One RAM block of the scripted destination. */
+export interface DestBlock {
+  readonly idstr: string;
   readonly ram: Uint8Array;
   readonly received: Uint8Array;
+  /** Pages named by POSTCOPY_RAM_DISCARD ranges. */
+  readonly discarded: Set<number>;
+}
+
+/** The scripted destination: one block "ram" of `size` bytes, or the given blocks. */
+export class ScriptedDestination {
+  readonly blocks = new Map<string, DestBlock>();
   readonly pages: PageLog[] = [];
   readonly items: string[] = [];
   readonly pings: number[] = [];
-  /** Pages that arrived after LISTEN although already received (must stay empty). */
-  readonly duplicates: number[] = [];
-  /** Pages named by POSTCOPY_RAM_DISCARD ranges. */
-  readonly discarded = new Set<number>();
+  /** `block@page` of pages that arrived after LISTEN although already received (must stay empty). */
+  readonly duplicates: string[] = [];
   listening = false;
   /** XBZRLE records applied (precopy only; the postcopy decoder refuses them). */
   xbzrlePages = 0;
@@ -59,13 +66,38 @@ export class ScriptedDestination {
   private ch: Duplex | undefined;
   private trigger: { n: number; fn: () => void } | undefined;
   private readonly names = new Map<number, string>();
+  private readonly first: DestBlock;
 
   constructor(
-    readonly size: number,
+    layout: number | { idstr: string; size: number }[],
     readonly hooks: DestHooks = {},
   ) {
-    this.ram = new Uint8Array(size);
-    this.received = new Uint8Array(size / TP);
+    const list = typeof layout === 'number' ? [{ idstr: 'ram', size: layout }] : layout;
+    for (const b of list) {
+      this.blocks.set(b.idstr, { idstr: b.idstr, ram: new Uint8Array(b.size), received: new Uint8Array(b.size / TP), discarded: new Set() });
+    }
+    this.first = this.blocks.get(list[0]!.idstr)!;
+  }
+
+  /** The first block's memory. */
+  get ram(): Uint8Array {
+    return this.first.ram;
+  }
+
+  /** The first block's received flags, one per page. */
+  get received(): Uint8Array {
+    return this.first.received;
+  }
+
+  /** The first block's discarded pages. */
+  get discarded(): Set<number> {
+    return this.first.discarded;
+  }
+
+  private block(idstr: string): DestBlock {
+    const b = this.blocks.get(idstr);
+    if (!b) throw new Error(`unknown block ${idstr}`);
+    return b;
   }
 
   /** Sends one return-path message on the current channel. */
@@ -80,10 +112,10 @@ export class ScriptedDestination {
     this.trigger = { n, fn };
   }
 
-  /** Pages not received yet. */
-  missing(): number[] {
+  /** Pages of block `idstr` (default: the first) not received yet. */
+  missing(idstr = this.first.idstr): number[] {
     const out: number[] = [];
-    this.received.forEach((r, p) => r || out.push(p));
+    this.block(idstr).received.forEach((r, p) => r || out.push(p));
     return out;
   }
 
@@ -125,9 +157,10 @@ export class ScriptedDestination {
             break;
           case 'postcopyRamDiscard':
             for (const rg of c.ranges) {
-              this.received.fill(0, rg.start / TP, (rg.start + rg.length) / TP);
-              for (let p = rg.start / TP; p < (rg.start + rg.length) / TP; p++) this.discarded.add(p);
-              this.ram.fill(0, rg.start, rg.start + rg.length);
+              const blk = this.block(c.blockName);
+              blk.received.fill(0, rg.start / TP, (rg.start + rg.length) / TP);
+              for (let p = rg.start / TP; p < (rg.start + rg.length) / TP; p++) blk.discarded.add(p);
+              blk.ram.fill(0, rg.start, rg.start + rg.length);
             }
             break;
           case 'packaged': {
@@ -147,8 +180,9 @@ export class ScriptedDestination {
           case 'recvBitmap': {
             if (hooks.onRecvBitmap?.(this, c.blockName) === 'stop') return 'stopped';
             this.send({ kind: 'recvBitmap', blockName: c.blockName });
-            const bits = new Uint8Array(recvBitmapSize(this.size));
-            this.received.forEach((v, p) => v && (bits[p >>> 3]! |= 1 << (p & 7)));
+            const blk = this.block(c.blockName);
+            const bits = new Uint8Array(recvBitmapSize(blk.ram.length));
+            blk.received.forEach((v, p) => v && (bits[p >>> 3]! |= 1 << (p & 7)));
             const w = new ByteWriter(bits.length + 32);
             encodeRecvBitmapData(w, bits);
             this.ch!.write(w.toBytes());
@@ -173,16 +207,16 @@ export class ScriptedDestination {
         if (rec.kind === 'eos') break;
         if (rec.kind === 'memSize') continue;
         const page = rec.offset / TP;
-        if (rec.kind === 'page') this.ram.set(rec.data, rec.offset);
-        else if (rec.kind === 'zero') this.ram.fill(rec.fill, rec.offset, rec.offset + TP);
+        const blk = this.block(rec.block);
+        if (rec.kind === 'page') blk.ram.set(rec.data, rec.offset);
+        else if (rec.kind === 'zero') blk.ram.fill(rec.fill, rec.offset, rec.offset + TP);
         else if (rec.kind === 'xbzrle' && !this.listening) {
-          if (jsPageOps.xbzrleDecode(rec.data, this.ram, rec.offset) < 0) throw new Error('bad XBZRLE');
+          if (jsPageOps.xbzrleDecode(rec.data, blk.ram, rec.offset) < 0) throw new Error('bad XBZRLE');
           this.xbzrlePages++;
-        }
-        else throw new Error(`unexpected ${rec.kind} record`);
-        if (this.listening && this.received[page]) this.duplicates.push(page);
-        this.received[page] = 1;
-        const log: PageLog = { page, postcopy: this.listening, channel: this.channelNo, at: performance.now() };
+        } else throw new Error(`unexpected ${rec.kind} record`);
+        if (this.listening && blk.received[page]) this.duplicates.push(`${rec.block}@${page}`);
+        blk.received[page] = 1;
+        const log: PageLog = { block: rec.block, page, postcopy: this.listening, channel: this.channelNo, at: performance.now() };
         this.pages.push(log);
         if (this.trigger && !this.listening && this.pages.length >= this.trigger.n) {
           const t = this.trigger;
