@@ -169,7 +169,7 @@ describe('postcopy demo, run as a command', () => {
     expect(bad.stderr).toMatch(/^postcopy demo: --ram takes a whole number of MiB, at least 8, not '0'\n\nusage: postcopy demo/);
   });
 
-  it('a VM that cannot start: exit 1 with the VM's own error', async () => {
+  it('a VM that cannot start: exit 1 with the error of the VM itself', async () => {
     const out: string[] = [];
     // bypasses the option check on purpose: the source `postcopy vm` itself refuses the workload
     const code = await runDemo({ ...DEFAULT_DEMO, ramMiB: 16, workload: 'pattern=zigzag' }, (s) => out.push(s));
