@@ -16,7 +16,8 @@
  * (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
  * NAME[,NAME…] (default preempt: requests served on a postcopy-preempt
  * channel; baseline: on the main channel), --rounds N (default 1; several
- * designs run interleaved, a summary of medians follows). The RESULT line
+ * designs run interleaved, a summary of medians follows), --priority N
+ * (nice value of both peers; default: inherited). The RESULT line
  * is that of the last run.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -50,6 +51,8 @@ const IDLE_MS = Number(opt('--idle-ms') ?? (quick ? 500 : 1500));
 const DESIGNS = (opt('--design') ?? 'preempt').split(',');
 const ROUNDS = Number(opt('--rounds') ?? 1);
 const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
+/** --priority N: run both peers at this nice value (root may go below 0) to shield the figures from other load. */
+const PRIORITY = opt('--priority') === undefined ? undefined : Number(opt('--priority'));
 const peerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib', 'fault-peer.js');
 
 /** A forked peer with a typed message queue. */
@@ -61,6 +64,7 @@ class Peer {
 
   constructor(readonly role: 'source' | 'destination') {
     this.child = fork(peerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    if (PRIORITY !== undefined) os.setPriority(this.child.pid!, PRIORITY);
     this.child.on('message', (m: PeerEvent) => {
       this.queue.push(m);
       this.waiter?.();
@@ -205,7 +209,7 @@ function summary(all: FaultBenchResult[]): void {
 
 async function main(): Promise<number> {
   console.log(
-    `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGNS.join(', ')}, ${ROUNDS} round(s)`,
+    `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGNS.join(', ')}, ${ROUNDS} round(s)${PRIORITY === undefined ? '' : `, peers at nice ${PRIORITY}`}`,
   );
   const all: FaultBenchResult[] = [];
   let ok = true;

@@ -46,16 +46,24 @@ describe('bench:faults figures', () => {
   });
 });
 
-describe('bench:faults run (32 MiB)', () => {
+describe('bench:faults run (32 MiB, baseline then preempt)', () => {
   it.skipIf(!fs.existsSync(BENCH))('prints consistent figures: faults in both phases, ordered percentiles, background rate, RAM equal', async () => {
+    const args = [BENCH, '--quick', '--size', '32', '--idle-ms', '300', '--idle-faults', '300', '--design', 'baseline,preempt'];
     const out = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, [BENCH, '--quick', '--size', '32', '--idle-ms', '300', '--idle-faults', '300'], { timeout: 60_000 }, (err, stdout, stderr) =>
+      execFile(process.execPath, args, { timeout: 60_000 }, (err, stdout, stderr) =>
         err ? reject(new Error(`${err.message}\n${stdout}\n${stderr}`)) : resolve(stdout),
       );
     });
-    expect(out).toMatch(/^idle \(background ~0\)/m);
+    expect(out.match(/^idle \(background ~0\)/gm)).toHaveLength(2);
     expect(out).toMatch(/^loaded p50 .*(met|NOT met)$/m);
+    expect(out).toMatch(/^Medians over 1 rounds per design\n.*\n.*\nbaseline .*\npreempt /m);
+    // The RESULT is the last run's: the preempt design, whose requested pages went on the preempt channel.
     const r = parseResult(out);
+    expect(r.design).toBe('preempt');
+    expect(r.preemptPages).toBeGreaterThan(0);
+    // (requests read before the package was flushed still go through the main channel's queue)
+    expect(r.preemptPages + r.ignoredRequests).toBeLessThanOrEqual(r.postcopyRequests);
+    expect(r.preemptPages).toBeGreaterThan(r.postcopyRequests / 2);
     expect(r.ramBytes).toBe(32 << 20);
     expect(r.sourceStatus).toBe('completed');
     expect(r.destStatus).toBe('completed');
