@@ -80,7 +80,13 @@ export async function printSummary(src: DemoVm, dst: DemoVm, f: StoryFacts, line
   recovery(f, row);
   if (f.proxy) {
     const q = f.proxy.query();
-    row('proxy', `${q.connections.length} connections, ${size(q.bytes.main)} → and ${size(q.bytes.rp)} ← relayed, ${q.cuts.length} cut${q.cuts.length === 1 ? '' : 's'}${q.decodeErrors.length ? `, ${q.decodeErrors.length} decode errors: ${q.decodeErrors[0]!.message}` : ''}`);
+    const conns = q.connections.map((c, i) => {
+      const cut = q.cuts.find((x) => x.conn === c.conn);
+      const name = i === 0 ? 'migration' : 'recovery';
+      return `${name} connection ${size(c.bytes.main)} → ${size(c.bytes.rp)} ←${cut ? `, then cut (${cut.mode})` : ''}`;
+    });
+    if (q.decodeErrors.length) conns.push(`${q.decodeErrors.length} decode errors, first: ${q.decodeErrors[0]!.message}`);
+    row('proxy', conns.join('; '));
   }
   for (const side of ['source', 'destination'] as const) {
     row(`${side} statuses`, tl.sequence(side).filter((x) => x !== 'STOP' && x !== 'RESUME').join(' → '));
