@@ -100,6 +100,8 @@ export abstract class SourceCore extends EventEmitter {
   protected precopyBytes = 0;
   protected postcopyRequests = 0;
   protected downtimeBytes = 0;
+  /** EOS words that ended PART sections: QEMU counts 8 bytes for each in ram.transferred. */
+  protected partEos = 0;
   protected readonly rates = new SourceRates();
 
   constructor(
@@ -272,9 +274,20 @@ export abstract class SourceCore extends EventEmitter {
       }
     }
     saver.enc.eos(w);
+    this.partEos++;
     encodeFooter(w, RAM_SECTION_ID);
     await w.flush();
     await yieldNow();
+  }
+
+  /**
+   * ram.transferred as QEMU 7.2 counts it: RAM page records only (header and
+   * payload of ZERO, PAGE and XBZRLE) plus 8 bytes per PART's EOS — not the
+   * setup record, section headers, commands, device state or the END's EOS.
+   * The rate limiter and mbps use every byte written instead, as QEMU does.
+   */
+  protected ramTransferred(): number {
+    return (this.saver?.counters.pageBytes ?? 0) + 8 * this.partEos;
   }
 
   /** The bandwidth limit in force: max-postcopy-bandwidth (0 = none) once in postcopy. */
@@ -357,7 +370,7 @@ export abstract class SourceCore extends EventEmitter {
     this.downtimeStart = now();
     await this.guest.stop();
     this.guestStopped = true;
-    this.precopyBytes = w.transferred;
+    this.precopyBytes = this.ramTransferred();
     if (this.capabilities.pauseBeforeSwitchover) {
       this.statusPort.transition('active', 'pre-switchover');
       await new Promise<void>((r) => (this.continueResolve = r));
@@ -376,7 +389,7 @@ export abstract class SourceCore extends EventEmitter {
     encodeSection(w, { kind: 'eof' });
     if (opts.vmdesc ?? true) encodeSection(w, { kind: 'vmdesc', json: vmdescJson(devs) });
     await w.flush();
-    this.downtimeBytes = w.transferred - this.precopyBytes;
+    this.downtimeBytes = this.ramTransferred() - this.precopyBytes;
     this.throttle.stop();
     this.guest.stopDirtyLog?.();
     await this.awaitShut();

