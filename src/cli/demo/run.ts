@@ -51,26 +51,50 @@ class ProgressPoller {
   }
 }
 
+/** What the phases of one run share. */
+interface Run {
+  o: DemoOptions;
+  pace: DemoPacing;
+  /** Scratch directory: the guest image and the QMP sockets. */
+  dir: string;
+  rep: Reporter;
+  tl: Timeline;
+  /** Started VMs (stopped at the end whatever happens). */
+  vms: DemoVm[];
+  proxy?: FaultProxy;
+  poller?: ProgressPoller;
+  facts: StoryFacts;
+  /** A story line at the current time. */
+  say(who: string, text: string): void;
+}
+
 /** Runs the demo; resolves to the exit code (0 only if the RAM check passed). Story on `out`, progress on stderr. */
 export async function runDemo(o: DemoOptions, out: (line: string) => void = (s) => process.stdout.write(s + '\n')): Promise<number> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postcopy-demo-'));
   const rep = new Reporter(out);
-  const timeline = new Timeline((e) => rep.line(storyLine(e.t, e.side, describeEntry(e))));
-  const vms: DemoVm[] = [];
-  let proxy: FaultProxy | undefined;
-  let poller: ProgressPoller | undefined;
+  const tl = new Timeline((e) => rep.line(storyLine(e.t, e.side, describeEntry(e))));
+  const pace = demoPacing(o);
+  const run: Run = {
+    o,
+    pace,
+    dir: fs.mkdtempSync(path.join(os.tmpdir(), 'postcopy-demo-')),
+    rep,
+    tl,
+    vms: [],
+    facts: { o, pace, timeline: tl },
+    say: (who, text) => rep.line(storyLine(tl.now(), who, text)),
+  };
   // Ctrl-C: no VM left behind, no scratch image left in the temporary directory.
   const onSigint = (): void => {
-    for (const vm of vms) vm.child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
+    for (const vm of run.vms) vm.child.kill('SIGKILL');
+    fs.rmSync(run.dir, { recursive: true, force: true });
     process.exit(130);
   };
   process.once('SIGINT', onSigint);
   try {
-    return await story(o, demoPacing(o), dir, rep, timeline, vms, (p) => (proxy = p), (p) => (poller = p));
+    return await story(run);
   } catch (e) {
     rep.line(`demo failed: ${e instanceof Error ? e.message : String(e)}`);
-    for (const vm of vms) {
+    for (const vm of run.vms) {
       const info = await vm.qmp.execute<MigrateInfo>('query-migrate', undefined, { timeoutMs: 1000 }).catch(() => undefined);
       if (info?.['error-desc']) rep.line(`  ${vm.side} query-migrate: ${info.status}: ${info['error-desc']}`);
       const err = vm.stderr().trim();
@@ -79,36 +103,26 @@ export async function runDemo(o: DemoOptions, out: (line: string) => void = (s) 
     return 1;
   } finally {
     process.off('SIGINT', onSigint);
-    await poller?.stop();
+    await run.poller?.stop();
     rep.clearProgress();
-    await proxy?.close().catch(() => undefined);
-    await Promise.all(
-      vms.map(async (vm) => {
-        // The source would write its 256 MiB back to the scratch image at quit: nobody needs it, so it is killed.
-        if (vm.side === 'destination') await vm.qmp.execute('quit', {}, { timeoutMs: 2000 }).catch(() => undefined);
-        await vm.qmp.close().catch(() => undefined);
-        if (vm.side === 'source') vm.child.kill('SIGKILL');
-        const exited = vm.child.exitCode !== null || vm.child.signalCode !== null;
-        if (!exited) await Promise.race([new Promise((r) => vm.child.once('exit', r)), sleep(2000)]);
-        if (vm.child.exitCode === null && vm.child.signalCode === null) vm.child.kill('SIGKILL');
-      }),
-    );
-    fs.rmSync(dir, { recursive: true, force: true });
+    await run.proxy?.close().catch(() => undefined);
+    await Promise.all(run.vms.map(stopVm));
+    fs.rmSync(run.dir, { recursive: true, force: true });
   }
 }
 
-async function story(
-  o: DemoOptions,
-  pace: DemoPacing,
-  dir: string,
-  rep: Reporter,
-  tl: Timeline,
-  vms: DemoVm[],
-  setProxy: (p: FaultProxy) => void,
-  setPoller: (p: ProgressPoller) => void,
-): Promise<number> {
-  const say = (who: string, text: string): void => rep.line(storyLine(tl.now(), who, text));
-  const facts: StoryFacts = { o, pace, timeline: tl };
+/** Ends a VM: quit for the destination; the source is killed (at quit it would write its RAM back to the scratch image). */
+async function stopVm(vm: DemoVm): Promise<void> {
+  if (vm.side === 'destination') await vm.qmp.execute('quit', {}, { timeoutMs: 2000 }).catch(() => undefined);
+  await vm.qmp.close().catch(() => undefined);
+  if (vm.side === 'source') vm.child.kill('SIGKILL');
+  const exited = (): boolean => vm.child.exitCode !== null || vm.child.signalCode !== null;
+  if (!exited()) await Promise.race([new Promise((r) => vm.child.once('exit', r)), sleep(2000)]);
+  if (!exited()) vm.child.kill('SIGKILL');
+}
+
+async function story(run: Run): Promise<number> {
+  const { o, pace, dir, rep, tl, vms, facts, say } = run;
 
   // ---- two VMs and the link between them
   const image = path.join(dir, 'guest.ram');
@@ -158,8 +172,7 @@ async function story(
   let migrateUri = dstUri;
   let proxy: FaultProxy | undefined;
   if (o.cut) {
-    proxy = new FaultProxy({ listen: 'tcp:127.0.0.1:0', target: dstUri });
-    setProxy(proxy);
+    proxy = run.proxy = new FaultProxy({ listen: 'tcp:127.0.0.1:0', target: dstUri });
     migrateUri = await proxy.listen();
     facts.proxy = proxy;
     let firstConn: number | undefined;
@@ -174,9 +187,7 @@ async function story(
   facts.tMigrate = tl.now();
   say('demo', `migrate ${migrateUri} (source)`);
   await src.qmp.execute('migrate', { uri: migrateUri });
-  const poller = new ProgressPoller(src, dst, rep);
-  setPoller(poller);
-  facts.poller = poller;
+  const poller = (run.poller = facts.poller = new ProgressPoller(src, dst, rep));
   await tl.wait('source', 'active', 1, pace.phaseTimeoutMs);
 
   if (o.postcopy) {
@@ -189,11 +200,11 @@ async function story(
       await src.qmp.execute('migrate-start-postcopy');
       await tl.wait('source', 'postcopy-active', 1, pace.phaseTimeoutMs);
       await tl.wait('destination', 'postcopy-active', 1, pace.phaseTimeoutMs);
-      if (proxy) await cutAndRecover(o, pace, src, dst, proxy, dstUri, tl, say, facts);
+      if (proxy) await cutAndRecover(run, src, dst, proxy, dstUri);
     }
   }
 
-  if (!o.postcopy && !(await converged(src, pace, tl, say))) return 1;
+  if (!o.postcopy && !(await converged(run, src))) return 1;
 
   // ---- completion
   await tl.wait('source', 'completed', 1, pace.phaseTimeoutMs * 2);
@@ -207,7 +218,7 @@ async function story(
  * Precopy only: waits for completion; if precopy does not converge in time (a guest dirtying
  * memory faster than the link carries it), cancels and says so. True when it completed.
  */
-async function converged(src: DemoVm, pace: DemoPacing, tl: Timeline, say: (who: string, text: string) => void): Promise<boolean> {
+async function converged({ pace, tl, say }: Run, src: DemoVm): Promise<boolean> {
   const done = await tl.wait('source', 'completed', 1, pace.convergeTimeoutMs).then(
     () => true,
     (e: unknown) => {
@@ -225,26 +236,21 @@ async function converged(src: DemoVm, pace: DemoPacing, tl: Timeline, say: (who:
 }
 
 /** The cut, the paused state, migrate-recover + migrate resume=true, back to postcopy-active. */
-async function cutAndRecover(
-  o: DemoOptions,
-  pace: DemoPacing,
-  src: DemoVm,
-  dst: DemoVm,
-  proxy: FaultProxy,
-  dstUri: string,
-  tl: Timeline,
-  say: (who: string, text: string) => void,
-  facts: StoryFacts,
-): Promise<void> {
+async function cutAndRecover(run: Run, src: DemoVm, dst: DemoVm, proxy: FaultProxy, dstUri: string): Promise<void> {
+  const { o, pace, tl, say, facts } = run;
   await sleep(pace.cutAfterMs);
   const st = await src.qmp.execute<MigrateInfo>('query-migrate');
   if (st.status !== 'postcopy-active') {
     say('demo', `postcopy was over before the cut (source ${st.status}): nothing to recover`);
     return;
   }
-  facts.tCut = tl.now();
+  const tCut = tl.now();
   const cut: ProxyCut | undefined = proxy.cut(o.cutMode);
-  if (!cut) throw new Error('the proxy had no open connection to cut');
+  if (!cut) {
+    say('demo', 'the migration connection closed before the cut: nothing to recover');
+    return;
+  }
+  facts.tCut = tCut;
   facts.cut = cut;
   say('proxy', `cut the link (${o.cutMode === 'reset' ? 'reset: RST' : 'kill: FIN'}) after ${size(cut.relayed.main)} → and ${size(cut.relayed.rp)} ← relayed`);
   await tl.wait('source', 'postcopy-paused', 1, pace.phaseTimeoutMs);
