@@ -21,10 +21,14 @@ export { type ProxyItem, type ProxyDirection, type ProxyFieldValue } from './pro
 export { type CutRule, type CutMode, type CutTrigger, parseCutOn, ITEM_KINDS } from './proxy/cut.js';
 export { type ProxyRecord, readRecordFile, decodeRecords, formatRecords } from './proxy/record.js';
 /** The precopy engine: outgoing and incoming migration state machines and their ports. */
-export { MigrationSource, type MigrateOptions, type SourceOptions } from './source/source.js';
-export { DEFAULT_CAPABILITIES as SOURCE_DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS as SOURCE_DEFAULT_PARAMETERS, type SourceCapabilities, type SourceParameters } from './source/options.js';
+export { MigrationSource, type MigrateOptions, type SourceOptions, type SwitchoverEvent } from './source/source.js';
+export { DEFAULT_CAPABILITIES as SOURCE_DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS as SOURCE_DEFAULT_PARAMETERS, type SourceCapabilities, type SourceParameters, KEEPALIVE_INTERVAL_MS, KEEPALIVE_TIMEOUT_MS, RECOVERY_TIMEOUT_MS } from './source/options.js';
 export { MigrationDestination, encodeGlobalState, parseGlobalState, type DestinationOptions } from './destination/destination.js';
 export { type ReceivedSection } from './destination/device-split.js';
+/** The destination's fault API (ensure/read/isReceived, faults()) and its records. */
+export { type FaultRecord, type FaultMode } from './destination/faults.js';
+export { DEST_KEEPALIVE_TIMEOUT_MS, type FaultLatencyInfo, type DestinationMigrationInfo } from './destination/options.js';
+export { POSTCOPY_STATES, type PostcopyState } from './destination/postcopy.js';
 export type { SourceGuest, EngineRamBlock, PageOps, DeviceSection, PageBits } from './engine/ports.js';
 export { hotpathPageOps } from './engine/hotpath-ops.js';
 export { jsPageOps } from './engine/page-ops-js.js';

@@ -20,4 +20,11 @@ describe('package root', () => {
     expect(postcopy.wire.QEMU_VM_FILE_MAGIC).toBe(postcopy.constants.QEMU_VM_FILE_MAGIC);
     expect(postcopy.wire.QEMU_VM_FILE_MAGIC).toBe(0x5145564d);
   });
+
+  it('exports the destination postcopy states in SPEC §6.3 order and the keepalive defaults', () => {
+    expect(postcopy.POSTCOPY_STATES).toEqual(['none', 'advise', 'discard', 'listening', 'running', 'end']);
+    // the source pings more often than either side's silence timeout, or an idle link would pause
+    expect(postcopy.KEEPALIVE_INTERVAL_MS).toBeLessThan(postcopy.KEEPALIVE_TIMEOUT_MS);
+    expect(postcopy.KEEPALIVE_INTERVAL_MS).toBeLessThan(postcopy.DEST_KEEPALIVE_TIMEOUT_MS);
+  });
 });
