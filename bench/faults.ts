@@ -3,7 +3,9 @@
  * our source → our destination over tcp loopback, each in its own process,
  * 1 GiB of random RAM on a stopped source, postcopy switchover at once. The
  * destination faults random not-yet-received pages through the fault API
- * (ensure()), one at a time, and times each round trip:
+ * (ensure()), one at a time, and times each round trip (it stops once
+ * fewer than 10 % of the pages are missing: those are mostly in flight in
+ * the background stream already):
  *   1. idle phase: background scan throttled to ~0 (max-postcopy-bandwidth
  *      1 B/s) — the idle round trip, same connection, same run;
  *   2. loaded phase: max-postcopy-bandwidth 0 (full speed) until completed.
