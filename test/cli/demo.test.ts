@@ -112,6 +112,8 @@ describe('postcopy demo, run as a command', () => {
     expect(run).toBeGreaterThan(stop);
     expect(cut).toBeGreaterThan(run);
     expect(Math.min(sPaused, dPaused)).toBeGreaterThan(cut);
+    // the guest was faulting through the link when it was cut
+    expect(Number(/after (\d+) page requests/.exec(lines[cut]!.text)?.[1])).toBeGreaterThan(0);
     expect(recover).toBeGreaterThan(Math.max(sPaused, dPaused));
     expect(Math.min(sBack, dBack)).toBeGreaterThan(recover);
     expect(done).toBeGreaterThan(Math.max(sBack, dBack));

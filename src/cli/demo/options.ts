@@ -55,7 +55,7 @@ export interface DemoPacing {
   postcopyBandwidth: number;
   /** Precopy time before migrate-start-postcopy (ms). */
   precopyMs: number;
-  /** Postcopy time before the cut (ms). */
+  /** Time from the destination's guest starting (RESUME) to the cut (ms). */
   cutAfterMs: number;
   /** How long the demo watches the paused state before recovering (ms). */
   pausedMs: number;

@@ -17,6 +17,9 @@ import { printSummary, type StoryFacts } from './summary.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Page requests the destination's guest must have made before the cut (waited for at most 5 s). */
+const MIN_REQUESTS_BEFORE_CUT = 10;
+
 /** Items of the recovery handshake the proxy decodes on the new connection. */
 const HANDSHAKE_KINDS = new Set(['RECV_BITMAP', 'RECV_BITMAP_DATA', 'POSTCOPY_RESUME', 'RESUME_ACK']);
 
@@ -155,7 +158,7 @@ async function story(run: Run): Promise<number> {
   const plan = [`precopy at ${size(pace.precopyBandwidth)}/s${o.xbzrle ? ' with XBZRLE' : ''}`];
   if (o.postcopy) {
     plan.push(`migrate-start-postcopy after ${pace.precopyMs / 1000} s (postcopy background at ${size(pace.postcopyBandwidth)}/s)`);
-    if (o.cut) plan.push(`cut the link (${o.cutMode}) ${pace.cutAfterMs / 1000} s into postcopy, recover`);
+    if (o.cut) plan.push(`cut the link (${o.cutMode}) ${pace.cutAfterMs / 1000} s after the destination's guest starts, recover`);
   }
   plan.push('complete', 'verify RAM');
   rep.line(`  plan         ${plan.join(', ')}`);
@@ -179,6 +182,7 @@ async function story(run: Run): Promise<number> {
     proxy.on('connection', (conn: number) => (firstConn ??= conn));
     proxy.on('item', (it: ProxyItem, conn: number) => {
       if (conn !== firstConn && HANDSHAKE_KINDS.has(it.kind)) say('proxy', describeHandshakeItem(it));
+      if (conn === firstConn && (it.kind === 'REQ_PAGES' || it.kind === 'REQ_PAGES_ID')) facts.requestsBeforeCut = (facts.requestsBeforeCut ?? 0) + 1;
     });
     say('proxy', `FaultProxy on ${migrateUri}, relaying to the destination ${dstUri}`);
   }
@@ -238,7 +242,10 @@ async function converged({ pace, tl, say }: Run, src: DemoVm): Promise<boolean> 
 /** The cut, the paused state, migrate-recover + migrate resume=true, back to postcopy-active. */
 async function cutAndRecover(run: Run, src: DemoVm, dst: DemoVm, proxy: FaultProxy, dstUri: string): Promise<void> {
   const { o, pace, tl, say, facts } = run;
-  await sleep(pace.cutAfterMs);
+  // The cut comes once the destination's guest runs and has faulted for a while (page requests went through).
+  const running = await tl.wait('destination', 'RESUME', 1, pace.phaseTimeoutMs);
+  await sleep(Math.max(0, running.t + pace.cutAfterMs - tl.now()));
+  for (let i = 0; i < 50 && (facts.requestsBeforeCut ?? 0) < MIN_REQUESTS_BEFORE_CUT; i++) await sleep(100);
   const st = await src.qmp.execute<MigrateInfo>('query-migrate');
   if (st.status !== 'postcopy-active') {
     say('demo', `postcopy was over before the cut (source ${st.status}): nothing to recover`);
@@ -252,7 +259,11 @@ async function cutAndRecover(run: Run, src: DemoVm, dst: DemoVm, proxy: FaultPro
   }
   facts.tCut = tCut;
   facts.cut = cut;
-  say('proxy', `cut the link (${o.cutMode === 'reset' ? 'reset: RST' : 'kill: FIN'}) after ${size(cut.relayed.main)} → and ${size(cut.relayed.rp)} ← relayed`);
+  say(
+    'proxy',
+    `cut the link (${o.cutMode === 'reset' ? 'reset: RST' : 'kill: FIN'}) after ${facts.requestsBeforeCut ?? 0} page requests; ` +
+      `${size(cut.relayed.main)} → and ${size(cut.relayed.rp)} ← relayed`,
+  );
   await tl.wait('source', 'postcopy-paused', 1, pace.phaseTimeoutMs);
   await tl.wait('destination', 'postcopy-paused', 1, pace.phaseTimeoutMs);
 

@@ -17,6 +17,8 @@ export interface StoryFacts {
   poller?: { xbzrle: MigrateInfo['xbzrle-cache'] };
   tMigrate?: number;
   tCut?: number;
+  /** REQ_PAGES / REQ_PAGES_ID the proxy relayed on the migration connection (before the cut). */
+  requestsBeforeCut?: number;
   tRecover?: number;
   cut?: ProxyCut;
 }
