@@ -17,7 +17,9 @@
  * Options: --quick (256 MiB), --size MiB (default 1024), --idle-faults N
  * (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
  * NAME[,NAME…] (default preempt: requests served on a postcopy-preempt
- * channel; baseline: on the main channel), --rounds N (default 1; several
+ * channel, senders and loaders yielding every 0.1 ms; preempt-1ms: the same
+ * with the ordinary 1 ms postcopy yields; baseline: requests on the main
+ * channel), --rounds N (default 1; several
  * designs run interleaved, a summary of medians follows), --priority N
  * (nice value of both peers; default: inherited). The RESULT line
  * is that of the last run.

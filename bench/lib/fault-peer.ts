@@ -112,7 +112,9 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
     // Idle phase: the background scan is throttled to ~0 (one page per 100 ms window).
     parameters: { maxBandwidth: 10 * 2 ** 30, maxPostcopyBandwidth: 1 },
   };
-  const src = preempt ? new PreemptSource(guest, opts) : new MigrationSource(guest, opts);
+  // preempt-1ms: the preempt channel with the engines' ordinary 1 ms postcopy yields.
+  const preemptYieldMs = init.design === 'preempt-1ms' ? 1 : undefined;
+  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs }) : new MigrationSource(guest, opts);
   // Timestamps of request arrival (the return-path reader's 'onPageRequest').
   const requestSeen: Array<[number, number]> = [];
   const handlers = (src as unknown as { returnPathHandlers(): { onPageRequest?: (r: { start: number }) => void } });

@@ -22,15 +22,33 @@ import type { PageRequest } from '../source/return-path.js';
 import { PreemptSender } from './channel.js';
 
 const TP = TARGET_PAGE_SIZE;
+/** Sender yield period in postcopy with a preempt channel, ms (QEMU's is a thread: it needs none). */
+export const PREEMPT_YIELD_EVERY_MS = 0.1;
+
+/** Construction options: the source's, plus the sender's yield period once a preempt channel serves requests. */
+export interface PreemptSourceOptions extends SourceOptions {
+  /** ms, default PREEMPT_YIELD_EVERY_MS: a page request is read only when the sender yields. */
+  preemptYieldMs?: number;
+}
 
 /** A MigrationSource with a postcopy-preempt channel. */
 export class PreemptSource extends MigrationSource {
   private preempt: PreemptSender | undefined;
   private preemptChannel: Duplex | undefined;
 
-  constructor(guest: SourceGuest, opts: SourceOptions = {}) {
+  constructor(guest: SourceGuest, opts: PreemptSourceOptions = {}) {
     super(guest, opts);
     this.on('paused', () => this.dropPreempt());
+    // From the switchover on the sender yields often: the return path (and so
+    // a page request) is read only when it does.
+    this.on('switchover', () => {
+      if (this.preempt?.usable) this.yieldEveryMs = opts.preemptYieldMs ?? PREEMPT_YIELD_EVERY_MS;
+    });
+  }
+
+  /** The sender's current yield period, ms. */
+  get senderYieldMs(): number {
+    return this.yieldEveryMs;
   }
 
   /** Requested pages sent on the preempt channel so far. */

@@ -91,6 +91,8 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
     expect(r.dest.faultStats().requests).toBe(r.faulted.length);
     expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBe(r.faulted.length);
     expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+    // With requests off the main channel, the sender yields every 0.1 ms in postcopy.
+    expect(r.src.senderYieldMs).toBe(0.1);
   });
 
   it('a broken preempt channel pauses both sides (as QEMU); after recovery requests go on the main channel, completes', async () => {
@@ -112,6 +114,7 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
     expect(await r.loaded).toBe('completed');
     expect(r.faulted.length).toBeGreaterThanOrEqual(25);
     expect(r.src.preemptPages).toBe(0); // dropped at the pause
+    expect(r.src.senderYieldMs).toBe(0.1); // set at the switchover
     expect(r.dest.preemptPages).toBe(before);
     expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBeGreaterThanOrEqual(r.faulted.length);
     expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
