@@ -25,6 +25,9 @@ import { isActiveStatus, type StatusMachine } from '../control/status.js';
 import { QEMU_VM_FILE_MAGIC } from '../wire/constants.js';
 import type { RunState, SimVm } from './vm.js';
 import { FaultBridge } from './fault-bridge.js';
+import { Workload } from './workload.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import type { EngineRamBlock } from '../engine/ports.js';
 
 /** Header bytes before the machine name: magic, version, CONFIGURATION, be32 length. */
 const CONFIG_NAME_AT = 13;
@@ -95,6 +98,8 @@ export class Incoming {
   private recoverListener: Listener | undefined;
   /** Serves the workload's faults during postcopy. */
   bridge: FaultBridge | undefined;
+  /** Adopted blocks, each in its own GuestMemory in the VM's shared memory. */
+  private readonly adoptedParts: GuestMemory[] = [];
 
   constructor(
     private readonly vm: SimVm,
@@ -154,8 +159,12 @@ export class Incoming {
       blocks: local,
       // Unknown device sections are kept opaque; RAM blocks must exist when we have local RAM.
       adopt: true,
+      // Adopting for a guest that may run during postcopy: blocks in shared memory (copied again at
+      // the end, so only then); otherwise plain memory.
       allocBlock: adopt
-        ? plainBlockAllocator
+        ? vm.opts.workload && vm.config.capabilities['postcopy-ram']
+          ? (idstr, usedLength, ramAddr) => this.allocAdopted(idstr, usedLength, ramAddr)
+          : plainBlockAllocator
         : (idstr) => {
             throw new Error(`Unknown ramblock "${idstr}", cannot accept migration`);
           },
@@ -172,13 +181,14 @@ export class Incoming {
     // QEMU starts the VM (RESUME) before it reports `completed`: act on the engine's 'runstate'
     // event, which comes after the load and before the status change.
     dest.on('runstate', () => {
-      // At POSTCOPY_RUN the engine also reports the run state: 'postcopyRun' handles that one.
+      // At POSTCOPY_RUN the engine also reports the run state: 'postcopyRun' handles that one;
+      // after a postcopy the rest is done once the load has resolved.
       const pc = dest.postcopyState;
-      if (pc === 'listening' || pc === 'running') return;
-      this.finishLoad(dest, adopt, machineName);
+      if (this.ranAtRun || pc === 'listening' || pc === 'running') return;
+      void this.finishLoad(dest, adopt, machineName);
     });
     const status = await dest.load(ch);
-    if (status === 'completed') this.finishLoad(dest, adopt, machineName);
+    if (status === 'completed') await this.finishLoad(dest, adopt, machineName);
     else {
       const why = dest.queryMigrate()['error-desc'] ?? 'unknown error';
       process.stderr.write(`postcopy vm: ${why}\npostcopy vm: load of migration failed: Invalid argument\n`);
@@ -194,7 +204,12 @@ export class Incoming {
     const vm = this.vm;
     this.ranAtRun = true;
     this.takeDevices(dest);
-    const mem = vm.memory;
+    let mem = vm.memory;
+    if (!mem && vm.opts.workload) {
+      // Adopting: the guest runs on the largest adopted block, in shared memory since setup.
+      mem = [...this.adoptedParts].sort((a, b) => b.totalBytes - a.totalBytes)[0];
+      if (mem) vm.workload = new Workload(mem, vm.opts.workload);
+    }
     const w = vm.workload;
     if (mem && w) {
       const idstr = mem.blocks[0]!.idstr;
@@ -217,11 +232,37 @@ export class Incoming {
     }
   }
 
+  /**
+   * An adopted block in the hot path's shared memory (its own one-block
+   * GuestMemory), so a workload can run on it from POSTCOPY_RUN. Plain
+   * memory for a block GuestMemory cannot lay out.
+   */
+  private allocAdopted(idstr: string, usedLength: number, ramAddr: number): EngineRamBlock {
+    let part: GuestMemory;
+    try {
+      part = GuestMemory.create(this.vm.hp, [{ idstr, usedLength }]);
+    } catch {
+      return plainBlockAllocator(idstr, usedLength, ramAddr);
+    }
+    this.adoptedParts.push(part);
+    return { idstr, usedLength, ramAddr, bytes: part.blocks[0]!.bytes() };
+  }
+
   /** After a successful load: adopt RAM and devices, write --mem-path, apply the run state (unless RUN did). */
-  private finishLoad(dest: MigrationDestination, adopt: boolean, machineName: string): void {
+  private async finishLoad(dest: MigrationDestination, adopt: boolean, machineName: string): Promise<void> {
     if (this.finished) return;
     this.finished = true;
     const vm = this.vm;
+    // A workload that ran on an adopted block during postcopy: stop it (no write in flight) before the copy.
+    const early = adopt && vm.workload && vm.memory === undefined ? vm.workload : undefined;
+    if (early) {
+      vm.workload = undefined;
+      early.detachFaults();
+      await early.pause();
+      const f = early.faultStats;
+      vm.workloadBase = { visits: early.visits, faults: f.faults, blockedUs: f.blockedUs, maxBlockedUs: f.maxBlockedUs };
+      void early.close();
+    }
     if (adopt) {
       vm.adoptMemory(dest.blocks);
       vm.machineName = machineName;

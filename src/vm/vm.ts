@@ -67,6 +67,8 @@ export class SimVm {
   readonly incoming: Incoming | undefined;
   /** The run state says running but the workload must not run yet (postcopy without a fault path). */
   holdWorkload = false;
+  /** Counters of a workload that was replaced (adopting destination after postcopy), added to x-query-workload. */
+  workloadBase = { visits: 0, faults: 0, blockedUs: 0, maxBlockedUs: 0 };
   private exiting = false;
 
   constructor(readonly opts: VmOptions) {
@@ -208,15 +210,16 @@ export class SimVm {
       const w = this.workload;
       if (!w) return { present: false, running: false, visits: 0, 'cpu-throttle-percentage': 0, faults: 0, 'blocked-ms': 0, 'max-blocked-ms': 0 };
       const f = w.faultStats;
+      const b = this.workloadBase;
       return {
         present: true,
         running: this.runState === 'running' && !this.holdWorkload,
-        visits: w.visits,
+        visits: (b.visits + w.visits) >>> 0,
         'cpu-throttle-percentage': w.throttle,
         // postcopy fault path: pages the workload waited for, and how long it was blocked
-        faults: f.faults,
-        'blocked-ms': Math.round(f.blockedUs / 1000),
-        'max-blocked-ms': Math.round(f.maxBlockedUs / 1000),
+        faults: b.faults + f.faults,
+        'blocked-ms': Math.round((b.blockedUs + f.blockedUs) / 1000),
+        'max-blocked-ms': Math.round(Math.max(b.maxBlockedUs, f.maxBlockedUs) / 1000),
       };
     });
     q.register('query-migrate', (args) => {

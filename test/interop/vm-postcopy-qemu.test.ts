@@ -185,11 +185,9 @@ describe.skipIf(!haveQemu)('QEMU 7.2 (-M pc, test guest) → postcopy vm, postco
     await guestToVm(mode);
   }, 60_000);
 
-  // KNOWN GAP (flip to `it` once fixed): an adopting `postcopy vm` (--incoming without --ram) has no
-  // guest memory until the load completes (src/vm/incoming.ts onPostcopyRun: `vm.memory` is
-  // undefined, so the --workload is not created and never faults), so it sends QEMU no page
-  // request: QEMU's postcopy-requests stays 0 and x-query-workload reports 0 faults.
-  it.fails('the adopting vm\'s read workload faults pages through QEMU during postcopy (postcopy-requests > 0)', async () => {
+  // An adopting `postcopy vm` (--incoming without --ram) with a --workload keeps its adopted blocks in
+  // shared memory from setup on, and runs the workload on the largest one from RUN (src/vm/incoming.ts).
+  it('the adopting vm\'s read workload faults pages through QEMU during postcopy (postcopy-requests > 0)', async () => {
     const { requests, faults } = await guestToVm(undefined, false);
     expect(requests).toBeGreaterThan(0);
     expect(faults).toBeGreaterThan(0);

@@ -237,4 +237,36 @@ describe('release-ram and an adopting destination', () => {
     expect((await src2.qmp.execute<Digest>('x-ram-digest')).blocks[0]!.sha256).not.toBe(sha);
     fs.rmSync(dir, { recursive: true, force: true });
   }, 60_000);
+
+  it('an adopting destination (no --ram) runs its reader from RUN on the adopted RAM: faults served, RAM equal', async () => {
+    const src = await startVm(['--ram', '32M', '--workload', 'pattern=rand,rate=max']);
+    procs.push(src);
+    const dst = await startVm(['--incoming', 'defer', '--workload', 'mode=read,pattern=rand']);
+    procs.push(dst);
+    for (const q of [src.qmp, dst.qmp]) {
+      await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
+    }
+    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'max-postcopy-bandwidth': 4 * MiB });
+    await dst.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+    await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await listeningPort(dst.qmp)}` });
+    await waitStatus(src.qmp, ['active']);
+    await src.qmp.execute('migrate-start-postcopy');
+    await waitStatus(dst.qmp, ['postcopy-active']);
+    let during: WorkloadInfo | undefined;
+    for (let i = 0; i < 100; i++) {
+      during = await dst.qmp.execute<WorkloadInfo>('x-query-workload');
+      if (during.faults > 0) break;
+      await sleep(20);
+    }
+    expect(during!.faults).toBeGreaterThan(0);
+    const s = await waitStatus(src.qmp, ['completed'], 30_000);
+    await waitStatus(dst.qmp, ['completed'], 30_000);
+    expect((s.ram as Record<string, number>)['postcopy-requests']).toBeGreaterThan(0);
+    expect(await dst.qmp.execute<Digest>('x-ram-digest')).toEqual(await src.qmp.execute<Digest>('x-ram-digest'));
+    // counters carry over to the workload that runs on the final memory
+    const after = await dst.qmp.execute<WorkloadInfo>('x-query-workload');
+    expect(after.faults).toBeGreaterThanOrEqual(during!.faults);
+    await sleep(200);
+    expect((await dst.qmp.execute<WorkloadInfo>('x-query-workload')).visits).toBeGreaterThan(after.visits);
+  }, 60_000);
 });
