@@ -256,11 +256,12 @@ export class Incoming {
     // A workload that ran on an adopted block during postcopy: stop it (no write in flight) before the copy.
     const early = adopt && vm.workload && vm.memory === undefined ? vm.workload : undefined;
     if (early) {
-      vm.workload = undefined;
       early.detachFaults();
       await early.pause();
+      // from here to the new workload nothing awaits: x-query-workload always sees one of the two
       const f = early.faultStats;
       vm.workloadBase = { visits: early.visits, faults: f.faults, blockedUs: f.blockedUs, maxBlockedUs: f.maxBlockedUs };
+      vm.workload = undefined;
       void early.close();
     }
     if (adopt) {
