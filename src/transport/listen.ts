@@ -24,7 +24,10 @@ export interface Listener {
   readonly socketAddress: SocketAddress[] | undefined;
   /** The next incoming channel (queued if it arrived earlier). */
   accept(signal?: AbortSignal): Promise<Channel>;
-  /** Stop listening (queued, unaccepted channels are closed). A unix socket file is removed. */
+  /**
+   * Stop listening (queued, unaccepted channels are closed; accepted ones
+   * live on). A unix socket file is removed. Resolves once no longer listening.
+   */
   close(): Promise<void>;
 }
 
@@ -108,7 +111,11 @@ function socketListener(uri: string, servers: net.Server[], kind: 'tcp' | 'unix'
     accept: (signal) => queue.take(signal),
     close: async () => {
       queue.close(new TransportError('Listener closed'));
-      await Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+      // server.close() stops listening at once (a unix socket file is unlinked
+      // with the handle); its callback would wait until every accepted channel
+      // has ended too — a migration running on one must not keep close() pending.
+      for (const server of servers) if (server.listening) server.close();
+      await new Promise<void>((resolve) => setImmediate(resolve));
     },
   };
 }
