@@ -17,7 +17,8 @@ import { PostcopyError } from '../errors.js';
 import { TARGET_PAGE_SIZE } from '../wire/constants.js';
 import type { SourceGuest } from '../engine/ports.js';
 import { jsPageOps } from '../engine/page-ops-js.js';
-import { MigrationSource, type SourceOptions } from '../source/source.js';
+import type { MigrationStatus } from '../engine/status.js';
+import { MigrationSource, type MigrateOptions, type SourceOptions } from '../source/source.js';
 import type { PageRequest } from '../source/return-path.js';
 import { PreemptSender } from './channel.js';
 
@@ -35,6 +36,7 @@ export interface PreemptSourceOptions extends SourceOptions {
 export class PreemptSource extends MigrationSource {
   private preempt: PreemptSender | undefined;
   private preemptChannel: Duplex | undefined;
+  private pagesOnPreempt = 0;
 
   constructor(guest: SourceGuest, opts: PreemptSourceOptions = {}) {
     super(guest, opts);
@@ -51,9 +53,9 @@ export class PreemptSource extends MigrationSource {
     return this.yieldEveryMs;
   }
 
-  /** Requested pages sent on the preempt channel so far. */
+  /** Requested pages sent on preempt channels so far (this migration). */
   get preemptPages(): number {
-    return this.preempt?.pages ?? 0;
+    return this.pagesOnPreempt;
   }
 
   /**
@@ -101,10 +103,26 @@ export class PreemptSource extends MigrationSource {
       bm[page >>> 5] = bm[page >>> 5]! & ~m;
       saver.dirtyPages--;
       p.sendPage(block, off);
+      this.pagesOnPreempt++;
       if (saver.releaseAfterSend) {
         block.bytes.fill(0, off, off + TP);
         saver.releasedPages++;
       }
+    }
+  }
+
+  /**
+   * As MigrationSource.migrate(); once it ended (completed, failed or
+   * cancelled) the preempt channel is closed too (it carries an EOS only when
+   * postcopy ran to completion, as QEMU's does).
+   */
+  override async migrate(channel: Duplex, opts?: MigrateOptions): Promise<MigrationStatus> {
+    try {
+      return await super.migrate(channel, opts);
+    } finally {
+      this.preemptChannel?.end();
+      this.preempt = undefined;
+      this.preemptChannel = undefined;
     }
   }
 

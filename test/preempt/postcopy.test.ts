@@ -76,6 +76,28 @@ async function setup() {
 }
 
 describe('postcopy with a preempt channel (ours → ours)', () => {
+  it('postcopy never started: completes as precopy, no EOS, the preempt channel is closed at the end', async () => {
+    const size = 2 * MiB;
+    const g = new TestGuest([{ idstr: 'ram', size }]);
+    fillRandom(g.blocks[0]!.bytes, 9);
+    const src = new PreemptSource(g, { capabilities: { postcopyRam: true }, parameters: { maxBandwidth: 1 << 30 } });
+    const ram = { idstr: 'ram', usedLength: size, ramAddr: 0, bytes: new Uint8Array(size) };
+    const dest = new PreemptDestination({ blocks: [ram], postcopyRam: true });
+    const { client, server } = await connections(2);
+    src.setPreemptChannel(client[1]!);
+    const preempt = dest.attachPreempt(server[1]!).then(
+      () => 'eos',
+      (e: unknown) => `error: ${(e as Error).message}`,
+    );
+    const [s, d] = await Promise.all([src.migrate(client[0]!), dest.load(server[0]!)]);
+    expect([s, d]).toEqual(['completed', 'completed']);
+    // closed without any record: the receiver sees the end of input, not an EOS
+    expect(await preempt).toMatch(/^error: .*ram record/);
+    expect(src.preemptPages).toBe(0);
+    expect(dest.preemptPages).toBe(0);
+    expect(Buffer.compare(ram.bytes, g.blocks[0]!.bytes)).toBe(0);
+  });
+
   it('serves requested pages on the preempt channel, each page sent once, completes with RAM equal', async () => {
     const r = await setup();
     await r.faults(60);
@@ -93,6 +115,7 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
     expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
     // With requests off the main channel, the sender yields every 0.1 ms in postcopy.
     expect(r.src.senderYieldMs).toBe(0.1);
+    expect(r.client[1]!.writableEnded).toBe(true);
   });
 
   it('a broken preempt channel pauses both sides (as QEMU); after recovery requests go on the main channel, completes', async () => {
@@ -113,7 +136,7 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
     expect(await r.migrated).toBe('completed');
     expect(await r.loaded).toBe('completed');
     expect(r.faulted.length).toBeGreaterThanOrEqual(25);
-    expect(r.src.preemptPages).toBe(0); // dropped at the pause
+    expect(r.src.preemptPages).toBe(before); // none after the pause: the channel was dropped
     expect(r.src.senderYieldMs).toBe(0.1); // set at the switchover
     expect(r.dest.preemptPages).toBe(before);
     expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBeGreaterThanOrEqual(r.faulted.length);
