@@ -94,6 +94,8 @@ function stoppedGuest(ramBytes: number): SourceGuest {
 }
 
 let onCommand: (c: PeerCommand) => void = () => undefined;
+// The benchmark process is gone (killed, crashed): do not linger.
+process.on('disconnect', () => process.exit(1));
 process.on('message', (m: PeerCommand) => {
   if (m.cmd === 'init') void (m.role === 'source' ? runSource(m) : runDestination(m)).catch(fatal);
   else onCommand(m);

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { parseResult, percentile, RESULT_PREFIX, summarise, targetChecks, type FaultBenchResult } from '../../bench/lib/fault-stats.js';
+import { parseResult, percentile, RESULT_PREFIX, splitLegs, summarise, targetChecks, type FaultBenchResult } from '../../bench/lib/fault-stats.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BENCH = path.join(ROOT, 'dist/bench/faults.js');
@@ -37,6 +37,27 @@ describe('bench:faults figures', () => {
     expect(targetChecks(base).map((t) => t.met)).toEqual([true, true, true]);
     const slow = { ...base, loaded: { ...base.loaded, p50Us: 101, p99Us: 1001 }, backgroundGBps: 0.99 };
     expect(targetChecks(slow).map((t) => t.met)).toEqual([false, false, false]);
+  });
+
+  it('splits round trips into legs with the source-side arrival times (one clock), skipping ambiguous ones', () => {
+    const us = 1000; // ns per µs
+    const legs: Array<[number, number, number, number]> = [
+      [4096, 0, 300 * us, 310 * us], // seen at 100 µs: 100 + 200 + 10
+      [8192, 1000 * us, 1500 * us, 1520 * us], // seen twice inside the window: ambiguous
+      [12288, 2000 * us, 2600 * us, 2601 * us], // seen only before the request: not this one
+      [16384, 3000 * us, 0, 3900 * us], // never placed as a requested page
+    ];
+    const seen: Array<[number, number]> = [
+      [4096, 100 * us],
+      [8192, 1100 * us],
+      [8192, 1200 * us],
+      [12288, 1900 * us],
+    ];
+    const l = splitLegs(legs, seen);
+    expect(l.toSource).toMatchObject({ count: 1, p50Us: 100 });
+    expect(l.toPlaced).toMatchObject({ count: 1, p50Us: 200 });
+    expect(l.toResumed.count).toBe(3);
+    expect([l.toResumed.p50Us, l.toResumed.maxUs]).toEqual([10, 20]);
   });
 
   it('finds the RESULT line among other output', () => {
