@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MIGRATE_ERRORS } from '../../src/control/migrate-args.js';
 import type { CutMode } from '../../src/proxy/cut.js';
 import type { ProxyItem } from '../../src/proxy/decoder.js';
 import { FaultProxy, type ProxyCut } from '../../src/proxy/proxy.js';
@@ -71,8 +72,11 @@ async function vmToQemu(cut?: CutMode): Promise<void> {
   proxy.on('item', (i, conn) => items.push({ ...i, conn }));
   proxy.on('cut', (c) => cuts.push(c));
 
-  // precopy that cannot converge (the workload dirties faster than 32 MiB/s), a slow background scan after the switch
-  await v.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'max-postcopy-bandwidth': 4 * MiB });
+  // the workload is under way (its worker may start late on a loaded machine) ...
+  for (let i = 0; i < 400 && (await v.qmp.execute<{ visits: number }>('x-query-workload')).visits < 50_000; i++) await sleep(25);
+  expect((await v.qmp.execute<{ visits: number }>('x-query-workload')).visits).toBeGreaterThanOrEqual(50_000);
+  // ... so precopy cannot converge (1 ms downtime at 32 MiB/s); a slow background scan after the switch
+  await v.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'downtime-limit': 1, 'max-postcopy-bandwidth': 4 * MiB });
   const t0 = performance.now();
   await v.qmp.execute('migrate', { uri: proxy.uri });
   await waitStatus(v.qmp, ['active']);
@@ -114,6 +118,10 @@ async function vmToQemu(cut?: CutMode): Promise<void> {
   expect(q.exitCode()).toBeUndefined();
   // QEMU's only complaint: the pause (SPEC §7.1)
   expect(q.stderr()).toBe(cut ? 'qemu-system-x86_64: Detected IO failure for postcopy. Migration paused.\n' : '');
+
+  // ours stays in postmigrate after a postcopy, and refuses another migration as QEMU does
+  expect(await v.qmp.execute('query-status')).toMatchObject({ status: 'postmigrate', running: false });
+  await expect(v.qmp.execute('migrate', { uri: 'tcp:127.0.0.1:1' })).rejects.toThrow(MIGRATE_ERRORS.pausedByPrevious);
 
   // QEMU's RAM is ours at stop time, byte for byte
   const d = await v.qmp.execute<Digest>('x-ram-digest');

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MIGRATE_ERRORS } from '../../src/control/migrate-args.js';
 import { inspectStream } from '../../src/inspect/inspect.js';
 import { FaultProxy, type ProxyCut } from '../../src/proxy/proxy.js';
 import type { ProxyItem } from '../../src/proxy/decoder.js';
@@ -80,6 +81,9 @@ async function expectSameRam(src: GuestVm, dst: VmProcess): Promise<string> {
   expect(ours.find((b) => b.idstr === 'mem')).toEqual({ idstr: 'mem', usedLength: ram.length, sha256: sha(ram) });
   const check = checkGuestMemory(ram, PARAMS);
   expect(check.ok, check.detail).toBe(true);
+  // a source that completed stays in postmigrate: QEMU refuses a second migration with the text we use
+  const refused = await src.qmp.execute('migrate', { uri: 'exec:cat > /dev/null' }).then(() => 'accepted', (e: Error) => e.message);
+  expect(refused).toBe(`migrate: GenericError: ${MIGRATE_ERRORS.pausedByPrevious}`);
   await src.qmp.execute('cont');
   await src.qmp.execute('stop');
   await setCapabilities(src, { 'postcopy-ram': false });
