@@ -52,6 +52,8 @@ export abstract class PostcopySource extends SourceCore {
   private pingDue = false;
   private recovery: RecoveryHandshake | undefined;
   private resumed: { promise: Promise<void>; resolve: () => void } | undefined;
+  /** The channel of a recovery handshake in progress. */
+  private recoveryChannel: Duplex | undefined;
   /** Bytes written on channels that were replaced by resume(). */
   /** Times the migration paused. */
   pauseCount = 0;
@@ -234,6 +236,27 @@ export abstract class PostcopySource extends SourceCore {
   }
 
   /**
+   * migrate_cancel once the guest runs on the destination: cancelling →
+   * cancelled, the channel shut down, the guest NOT resumed here (it lives on
+   * the destination, which pauses). QEMU 7.2 does this from postcopy-active;
+   * from postcopy-paused/-recover it enters cancelling and stays there (its
+   * migration thread waits for a resume that never comes) — we finish the
+   * cancel instead. False when the status is not a postcopy one.
+   */
+  protected cancelPostcopy(): boolean {
+    const s = this.status;
+    if (s !== 'postcopy-active' && s !== 'postcopy-paused' && s !== 'postcopy-recover') return false;
+    this.statusPort.transition(s, 'cancelling');
+    this.keepalive?.stop();
+    this.shutdownChannel();
+    if (this.recoveryChannel) this.shutdownChannel(this.recoveryChannel);
+    this.wake?.();
+    // a loop parked in the pause wakes up, sees 'cancelling' and ends cancelled
+    this.resumed?.resolve();
+    return true;
+  }
+
+  /**
    * migrate-pause: only in postcopy-active ("migrate-pause is currently only
    * supported during postcopy-active state"); shuts the channel → postcopy-paused.
    */
@@ -257,20 +280,25 @@ export abstract class PostcopySource extends SourceCore {
     const saver = this.saver!;
     const hs = (this.recovery = new RecoveryHandshake(this.guest.blocks, this.opts.recoveryTimeoutMs ?? RECOVERY_TIMEOUT_MS));
     const w = new StreamWriter(channel);
+    this.recoveryChannel = channel;
     const rp = this.openReturnPath(channel, true, this.rp?.lastBlock);
     const fresh = saver.bitmaps.map((b) => new Uint32Array(b.length));
     try {
       await hs.run(w, rp, (i, received) => installNotReceived(received, fresh[i]!, saver.pages[i]!));
     } catch (e) {
       this.recovery = undefined;
+      this.recoveryChannel = undefined;
       this.shutdownChannel(channel);
-      this.statusPort.transition('postcopy-recover', 'postcopy-paused');
       const reason = e instanceof Error ? e.message : String(e);
-      this.lastPauseReason = reason;
-      this.emit('paused', { reason });
+      if (this.statusPort.transition('postcopy-recover', 'postcopy-paused')) {
+        this.lastPauseReason = reason;
+        this.emit('paused', { reason });
+      }
       throw e instanceof PostcopyError ? e : new PostcopyError('RECOVERY', reason, { cause: e });
     }
     this.recovery = undefined;
+    this.recoveryChannel = undefined;
+    if (this.statusPort.status !== 'postcopy-recover') throw new PostcopyError('CANCELLED', 'migration cancelled');
     rp.recovering = false;
     // NOT(received) replaces the dirty bitmap; the next record names its block.
     fresh.forEach((f, i) => saver.bitmaps[i]!.set(f));

@@ -66,8 +66,12 @@ export class MigrationSource extends PostcopySource {
     this.wake?.();
   }
 
-  /** migrate_cancel: cancelling → cancelled, the guest resumes. */
+  /**
+   * migrate_cancel: cancelling → cancelled; the guest resumes, unless it
+   * already runs on the destination (postcopy states: it stays stopped here).
+   */
   cancel(): void {
+    if (this.cancelPostcopy()) return;
     const s = this.status;
     if (s === 'setup' || s === 'active' || s === 'pre-switchover' || s === 'device') {
       this.statusPort.transition(s, 'cancelling');
