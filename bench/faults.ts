@@ -177,6 +177,9 @@ function report(r: FaultBenchResult): void {
   console.log(
     `machine load: load average ${r.loadAvg[0].toFixed(1)} → ${r.loadAvg[1].toFixed(1)} on ${r.cpus} CPUs; during the loaded phase the machine was ${r.machineBusyPct.toFixed(0)} % busy, source process ${pct(r.sourceCpu)} of a CPU, destination ${pct(r.destCpu)}`,
   );
+  const loop = (c: FaultBenchResult['sourceCpu']): string =>
+    c.loopDelayP50Ms === undefined ? '-' : `${c.loopDelayP50Ms.toFixed(2)} / ${c.loopDelayP99Ms!.toFixed(2)} / ${c.loopDelayMaxMs!.toFixed(1)} ms`;
+  console.log(`event-loop delay in the loaded phase, p50 / p99 / max: source ${loop(r.sourceCpu)}, destination ${loop(r.destCpu)}`);
   console.log(`statuses: source ${r.sourceStatus}, destination ${r.destStatus}; destination RAM ${r.ramEqual ? 'equal to' : 'DIFFERS from'} the source's`);
   printTable(
     'Targets (issue 4 §6)',

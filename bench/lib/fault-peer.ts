@@ -14,6 +14,7 @@
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { MigrationDestination } from '../../src/destination/destination.js';
 import { MigrationSource } from '../../src/source/source.js';
 import { PreemptDestination } from '../../src/preempt/destination.js';
@@ -70,9 +71,22 @@ export interface DestPeerResult {
 
 const send = (m: PeerEvent): void => void process.send!(m);
 
-function cpuSince(c0: NodeJS.CpuUsage): CpuFigures {
+function cpuSince(c0: NodeJS.CpuUsage, loop?: IntervalHistogram): CpuFigures {
   const d = process.cpuUsage(c0);
-  return { userMs: d.user / 1000, sysMs: d.system / 1000 };
+  loop?.disable();
+  const ms = (ns: number): number => ns / 1e6;
+  return {
+    userMs: d.user / 1000,
+    sysMs: d.system / 1000,
+    ...(loop && { loopDelayP50Ms: ms(loop.percentile(50)), loopDelayP99Ms: ms(loop.percentile(99)), loopDelayMaxMs: ms(loop.max) }),
+  };
+}
+
+/** Event-loop delay (how long a ready callback waits), sampled every ms. */
+function loopMonitor(): IntervalHistogram {
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  h.enable();
+  return h;
 }
 
 const digest = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -142,16 +156,18 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   // The destination takes the second connection as the preempt channel.
   if (src instanceof PreemptSource) src.setPreemptChannel(await connect());
   let c0 = process.cpuUsage();
+  let loop: IntervalHistogram | undefined;
   onCommand = (c) => {
     if (c.cmd !== 'fullSpeed') return;
     c0 = process.cpuUsage();
+    loop = loopMonitor();
     src.setParameters({ maxPostcopyBandwidth: 0 });
     send({ ev: 'fullSpeedOn' });
   };
   const done = src.migrate(sock);
   src.startPostcopy();
   const status = await done;
-  const cpu = cpuSince(c0);
+  const cpu = cpuSince(c0, loop);
   const info = src.queryMigrate();
   send({
     ev: 'sourceResult',
@@ -252,6 +268,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   // Loaded phase: the background at full speed until the migration completes.
   recordLegs = true;
   const c0 = process.cpuUsage();
+  const loop = loopMonitor();
   const bytes0 = sock.bytesRead;
   const t0 = performance.now();
   const loadedUs: number[] = [];
@@ -268,7 +285,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   }
   // The background goes on to the end: its rate covers the whole phase.
   const status = await loaded;
-  const cpu = cpuSince(c0);
+  const cpu = cpuSince(c0, loop);
   const st = dest.faultStats();
   send({
     ev: 'destResult',

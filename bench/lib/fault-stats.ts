@@ -34,10 +34,13 @@ export function summarise(us: readonly number[]): LatencySummary {
   };
 }
 
-/** CPU time of one process over a phase, ms. */
+/** CPU time of one process over a phase, ms, and its event-loop delay (ms, sampled every ms). */
 export interface CpuFigures {
   userMs: number;
   sysMs: number;
+  loopDelayP50Ms?: number;
+  loopDelayP99Ms?: number;
+  loopDelayMaxMs?: number;
 }
 
 /** What one run measured. */
