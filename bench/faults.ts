@@ -18,8 +18,9 @@
  * (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
  * NAME[,NAME…] (default preempt: requests served on a postcopy-preempt
  * channel, senders and loaders yielding every 0.1 ms; preempt-1ms: the same
- * with the ordinary 1 ms postcopy yields; baseline: requests on the main
- * channel), --rounds N (default 1; several
+ * with the ordinary 1 ms postcopy yields; preempt-pacedN: preempt with the
+ * background paced to N MB/s (default 400) instead of full speed — not the
+ * issue's set-up, a reference point; baseline: requests on the main channel), --rounds N (default 1; several
  * designs run interleaved, a summary of medians follows), --priority N
  * (nice value of both peers; default: inherited). The RESULT line
  * is that of the last run.

@@ -161,7 +161,9 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
     if (c.cmd !== 'fullSpeed') return;
     c0 = process.cpuUsage();
     loop = loopMonitor();
-    src.setParameters({ maxPostcopyBandwidth: 0 });
+    // preempt-paced: the background paced (max-postcopy-bandwidth) instead of unlimited.
+    const paced = /paced(\d+)?/.exec(init.design);
+    src.setParameters({ maxPostcopyBandwidth: paced ? Number(paced[1] ?? 400) * 1e6 : 0 });
     send({ ev: 'fullSpeedOn' });
   };
   const done = src.migrate(sock);
