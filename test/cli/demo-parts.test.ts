@@ -109,6 +109,7 @@ describe('Reporter', () => {
 
 describe('formatting', () => {
   it('sizes, latencies, story lines', () => {
+    expect(size(0)).toBe('0 B');
     expect(size(512)).toBe('0.5 KiB');
     expect(size(3 * MiB + MiB / 2)).toBe('3.5 MiB');
     expect(micros(188.4)).toBe('188 µs');

@@ -7,8 +7,9 @@ import type { TimelineEntry } from './vms.js';
 
 const MiB = 1 << 20;
 
-/** Bytes as MiB with one decimal (KiB below 1 MiB). */
+/** Bytes as MiB with one decimal (KiB below 1 MiB, `0 B` for nothing). */
 export function size(b: number): string {
+  if (b === 0) return '0 B';
   return b < MiB ? `${(b / 1024).toFixed(1)} KiB` : `${(b / MiB).toFixed(1)} MiB`;
 }
 
