@@ -46,7 +46,7 @@ export function describeEntry(e: TimelineEntry): string {
 /** Writes story lines and the progress line without mixing them up. */
 export class Reporter {
   private readonly tty: boolean;
-  private lastProgress = 0;
+  private lastProgress = -Infinity;
   private progressShown = false;
 
   constructor(
