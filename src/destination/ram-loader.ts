@@ -47,6 +47,8 @@ export class RamLoader {
    * atomically after the bytes, and the loader yields every ~1 ms.
    */
   postcopy = false;
+  /** Longest synchronous stretch in postcopy, ms (a preempt channel's pages are placed only when the loader yields). */
+  postcopyYieldMs = POSTCOPY_YIELD_EVERY_MS;
   /** Called after a page's bytes are in place and its received bit is set. */
   onPlaced: ((idstr: string, page: number) => void) | undefined;
 
@@ -75,7 +77,7 @@ export class RamLoader {
     let n = 0;
     for (;;) {
       // Never starve the event loop while buffered data lasts.
-      if (this.postcopy ? (++n & 15) === 0 && performance.now() - this.slice > POSTCOPY_YIELD_EVERY_MS : (++n & 255) === 0 && performance.now() - this.slice > YIELD_EVERY_MS) {
+      if (this.postcopy ? (++n & 3) === 0 && performance.now() - this.slice > this.postcopyYieldMs : (++n & 255) === 0 && performance.now() - this.slice > YIELD_EVERY_MS) {
         await yieldNow();
         this.slice = performance.now();
       }

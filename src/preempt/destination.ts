@@ -11,6 +11,9 @@ import { ChannelReader } from '../engine/bytes.js';
 import { MigrationDestination } from '../destination/destination.js';
 import { PreemptReceiver } from './channel.js';
 
+/** Loader yield period in postcopy with a preempt channel, ms (QEMU reads it in a thread of its own). */
+export const PREEMPT_LOADER_YIELD_MS = 0.1;
+
 /** A MigrationDestination with a postcopy-preempt channel. */
 export class PreemptDestination extends MigrationDestination {
   private receiver: PreemptReceiver | undefined;
@@ -29,6 +32,8 @@ export class PreemptDestination extends MigrationDestination {
   async attachPreempt(channel: Duplex): Promise<void> {
     if (channel instanceof Socket) channel.setNoDelay(true);
     channel.on('error', () => undefined);
+    // The main channel's loader yields often from now on: the preempt channel is read only when it does.
+    this.ram.postcopyYieldMs = PREEMPT_LOADER_YIELD_MS;
     const rx = (this.receiver = new PreemptReceiver({
       block: (idstr) => {
         const block = this.ram.block(idstr);
