@@ -145,6 +145,7 @@ async function runOnce(DESIGN: string): Promise<FaultBenchResult> {
       machineBusyPct: busyPct(j0, j1),
       cpus: os.cpus().length,
       legs: splitLegs(d.legs, s.requestSeen),
+      idleLegs: splitLegs(d.idleLegs, s.requestSeen),
       preemptPages: s.preemptPages,
       sourceCpu: s.cpu,
       destCpu: d.cpu,
@@ -163,10 +164,11 @@ function report(r: FaultBenchResult): void {
     ['phase', 'faults', 'p50', 'p99', 'max', 'mean'],
     [row('idle (background ~0)', r.idle), row('loaded (background full speed)', r.loaded)],
   );
-  const lg = r.legs;
-  console.log(
-    `loaded round trip by leg, p50 / p99: request → read by the source ${fmtUs(lg.toSource.p50Us)} / ${fmtUs(lg.toSource.p99Us)}; → page placed on the destination ${fmtUs(lg.toPlaced.p50Us)} / ${fmtUs(lg.toPlaced.p99Us)}; → faulting code resumed ${fmtUs(lg.toResumed.p50Us)} / ${fmtUs(lg.toResumed.p99Us)}`,
-  );
+  for (const [phase, lg] of [['idle', r.idleLegs], ['loaded', r.legs]] as const) {
+    console.log(
+      `${phase} round trip by leg, p50 / p99: request → read by the source ${fmtUs(lg.toSource.p50Us)} / ${fmtUs(lg.toSource.p99Us)}; → page placed on the destination ${fmtUs(lg.toPlaced.p50Us)} / ${fmtUs(lg.toPlaced.p99Us)}; → faulting code resumed ${fmtUs(lg.toResumed.p50Us)} / ${fmtUs(lg.toResumed.p99Us)}`,
+    );
+  }
   const ds = r.destStats;
   console.log(
     `destination faultStats() (request → placement, whole run): requests ${ds.requests}, placed ${ds.count}, p50 ${fmtUs(ds.p50Us)}, p99 ${fmtUs(ds.p99Us)}, max ${fmtUs(ds.maxUs)}`,

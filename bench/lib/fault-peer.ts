@@ -60,6 +60,8 @@ export interface DestPeerResult {
   status: string;
   /** Loaded-phase faults: [page offset, request sent, page placed, faulting code resumed], hrtime ns. */
   legs: Array<[number, number, number, number]>;
+  /** The same for the idle phase. */
+  idleLegs: Array<[number, number, number, number]>;
   idleUs: number[];
   loadedUs: number[];
   stats: { requests: number; count: number; p50Us: number; p99Us: number; maxUs: number };
@@ -240,6 +242,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   };
   const hr = (): number => Number(process.hrtime.bigint());
   const legs: Array<[number, number, number, number]> = [];
+  const idleLegs: Array<[number, number, number, number]> = [];
   let placedAt = 0;
   dest.on('pagePlaced', () => (placedAt = hr()));
   let recordLegs = false;
@@ -251,7 +254,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     placedAt = 0;
     await dest.ensure(IDSTR, p * TP, TP);
     const us = (performance.now() - t0) * 1000;
-    if (recordLegs) legs.push([p * TP, h0, placedAt, hr()]);
+    (recordLegs ? legs : idleLegs).push([p * TP, h0, placedAt, hr()]);
     return us;
   };
 
@@ -293,6 +296,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     ev: 'destResult',
     status,
     legs,
+    idleLegs,
     idleUs,
     loadedUs,
     stats: { requests: st.requests, count: st.count, p50Us: st.p50Us, p99Us: st.p99Us, maxUs: st.maxUs },

@@ -73,6 +73,8 @@ export interface FaultBenchResult {
   cpus: number;
   /** Loaded phase, medians and p99 of each leg of the round trip (µs): request → source reads it → page placed → faulting code resumed. */
   legs: { toSource: LatencySummary; toPlaced: LatencySummary; toResumed: LatencySummary };
+  /** The same legs in the idle phase. */
+  idleLegs: { toSource: LatencySummary; toPlaced: LatencySummary; toResumed: LatencySummary };
   /** Requested pages the source sent on the preempt channel. */
   preemptPages: number;
   /** CPU of our two processes during the loaded phase. */
@@ -81,7 +83,7 @@ export interface FaultBenchResult {
 }
 
 /**
- * Splits loaded-phase round trips into legs with the source's request
+ * Splits round trips into legs with the source's request
  * arrival times (hrtime ns, one clock for both processes); a request whose
  * arrival is unknown (or ambiguous) is left out of the first two legs.
  */
