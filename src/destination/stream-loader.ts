@@ -7,7 +7,7 @@
  * subclass owns the channel life cycle, pause/recover and the fault API.
  */
 import { EventEmitter } from 'node:events';
-import { Readable, type Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { ProtocolError } from '../errors.js';
 import {
   GLOBALSTATE_IDSTR,
@@ -36,7 +36,8 @@ import type { MigrationStatus, StatusPort } from '../engine/status.js';
 import { StatusMachine } from '../control/status.js';
 import { PageBitmap } from '../memory/index.js';
 import { loadConfiguration, parseGlobalState } from './config.js';
-import { findTail, splitSections, type ReceivedSection } from './device-split.js';
+import type { ReceivedSection } from './device-split.js';
+import { concat, readerOf, readOpaqueTail, readVmdesc, sectionHeaderBytes, splitDevices } from './device-tail.js';
 import type { DestinationOptions } from './options.js';
 import {
   applyDiscards,
@@ -353,106 +354,27 @@ export abstract class StreamLoader extends EventEmitter {
     const body = r.drainBuffered();
     const rest = concat([header, body], header.length + body.length);
     const end = packageDeviceEnd(rest);
-    for (const s of splitSections(rest.subarray(0, end), at)) {
-      if (s.idstr === GLOBALSTATE_IDSTR && s.instanceId === 0 && s.payload.length === 4 + GLOBALSTATE_RUNSTATE_LEN) {
-        this.globalState = parseGlobalState(s.payload);
-      } else {
-        this.devices.push(s);
-      }
-    }
+    this.keepDevices(splitDevices(rest.subarray(0, end), at));
     return this.loadSections(readerOf(rest.subarray(end)), true);
   }
 
   protected async loadVmdesc(r: ChannelReader): Promise<void> {
-    if (r.available === 0 && !(await r.more())) {
-      this.warnings.push('Expected vmdescription section, but got 0');
-      return;
-    }
-    const at = r.offset;
-    const t = r.u8();
-    if (t !== SectionType.VMDESCRIPTION) {
-      this.warnings.push(`Expected vmdescription section, but got ${t}`);
-      return;
-    }
-    await r.need(4, 'vmdesc length');
-    const len = r.be32();
-    await r.need(len, 'vmdesc');
-    this.vmdesc = Buffer.from(r.take(len)).toString('utf8');
-    void at;
+    const t = await readVmdesc(r);
+    this.vmdesc = t.vmdesc;
+    this.warnings.push(...t.warnings);
   }
 
-  /**
-   * Buffers from the first unknown FULL section to the end of the vmdesc,
-   * then splits the device sections (SPEC §1.6).
-   */
+  /** Buffers the device-state tail of an adopting destination and splits it (SPEC §1.6). */
   protected async loadOpaqueTail(r: ChannelReader, header: Uint8Array, at: number): Promise<void> {
-    const parts: Uint8Array[] = [header];
-    let size = header.length;
-    for (;;) {
-      if (r.available > 0) {
-        const c = r.drainBuffered();
-        parts.push(c);
-        size += c.length;
-        const data = concat(parts, size);
-        parts.length = 0;
-        parts.push(data);
-        const tail = findTail(data);
-        if (tail) {
-          this.vmdesc = tail.vmdesc;
-          this.finishOpaque(data.subarray(0, tail.eofAt), at);
-          return;
-        }
-      }
-      if (!(await r.more())) break;
-    }
-    // Stream ended without a vmdesc: the last byte must be EOF.
-    const data = concat(parts, size);
-    if (data[data.length - 1] !== SectionType.EOF) throw new ProtocolError('device state', 'stream ended inside the device sections', at + data.length);
-    this.warnings.push('Expected vmdescription section, but got 0');
-    this.finishOpaque(data.subarray(0, data.length - 1), at);
+    const t = await readOpaqueTail(r, header, at);
+    this.vmdesc = t.vmdesc;
+    this.warnings.push(...t.warnings);
+    const expected = t.vmdesc ? (JSON.parse(t.vmdesc) as { devices: { name: string; instance_id: number }[] }).devices.slice(this.fullSeen) : undefined;
+    this.keepDevices(splitDevices(t.region, at, expected));
   }
 
-  protected finishOpaque(region: Uint8Array, at: number): void {
-    let expected: { name: string; instance_id: number }[] | undefined;
-    if (this.vmdesc) {
-      const j = JSON.parse(this.vmdesc) as { devices: { name: string; instance_id: number }[] };
-      expected = j.devices.slice(this.fullSeen);
-    }
-    for (const s of splitSections(region, at, expected)) {
-      if (s.idstr === GLOBALSTATE_IDSTR && s.instanceId === 0 && s.payload.length === 4 + GLOBALSTATE_RUNSTATE_LEN) {
-        this.globalState = parseGlobalState(s.payload);
-      } else {
-        this.devices.push(s);
-      }
-    }
+  private keepDevices(d: ReturnType<typeof splitDevices>): void {
+    if (d.globalState) this.globalState = parseGlobalState(d.globalState);
+    this.devices.push(...d.devices);
   }
-}
-
-/** A reader over bytes already in memory (a package blob). */
-function readerOf(bytes: Uint8Array): ChannelReader {
-  return new ChannelReader(Readable.from([Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)]));
-}
-
-function concat(parts: Uint8Array[], size: number): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(size);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
-function sectionHeaderBytes(id: number, idstr: string, instanceId: number, versionId: number): Uint8Array {
-  const name = Buffer.from(idstr, 'latin1');
-  const b = new Uint8Array(14 + name.length);
-  const dv = new DataView(b.buffer);
-  b[0] = SectionType.FULL;
-  dv.setUint32(1, id);
-  b[5] = name.length;
-  b.set(name, 6);
-  dv.setUint32(6 + name.length, instanceId);
-  dv.setUint32(10 + name.length, versionId);
-  return b;
 }
