@@ -20,6 +20,7 @@ export { FaultProxy, type FaultProxyOptions, type FaultProxyEvents, type ProxyCu
 export { type ProxyItem, type ProxyDirection, type ProxyFieldValue } from './proxy/decoder.js';
 export { type CutRule, type CutMode, type CutTrigger, parseCutOn, ITEM_KINDS } from './proxy/cut.js';
 export { type ProxyRecord, readRecordFile, decodeRecords, formatRecords } from './proxy/record.js';
+export { qemuRamTransferred } from './proxy/stats.js';
 /** The precopy engine: outgoing and incoming migration state machines and their ports. */
 export { MigrationSource, type MigrateOptions, type SourceOptions, type SwitchoverEvent } from './source/source.js';
 export { DEFAULT_CAPABILITIES as SOURCE_DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS as SOURCE_DEFAULT_PARAMETERS, type SourceCapabilities, type SourceParameters, KEEPALIVE_INTERVAL_MS, KEEPALIVE_TIMEOUT_MS, RECOVERY_TIMEOUT_MS } from './source/options.js';

@@ -1,4 +1,5 @@
 import { decodeMainStream, ProxySession, type ProxyItem } from '../../src/proxy/decoder.js';
+import { qemuRamTransferred } from '../../src/proxy/stats.js';
 import { describe, expect, it } from 'vitest';
 import { MigrationSource } from '../../src/source/source.js';
 import { MigrationDestination, encodeGlobalState } from '../../src/destination/destination.js';
@@ -49,13 +50,8 @@ describe('precopy source → destination (in-memory pair)', () => {
     const wire = Buffer.concat(got);
     const items: ProxyItem[] = [];
     await decodeMainStream((async function* () { yield wire; })(), new ProxySession(), (i) => items.push(i));
-    let qemuTransferred = 0;
-    for (const i of items) {
-      if (i.kind === 'PAGE' || i.kind === 'ZERO' || i.kind === 'XBZRLE') qemuTransferred += i.end - i.at;
-      else if (i.kind === 'PART') qemuTransferred += 8;
-    }
     expect(items.at(-1)!.kind).toBe('VMDESCRIPTION');
-    expect(ram.transferred).toBe(qemuTransferred);
+    expect(ram.transferred).toBe(qemuRamTransferred(items));
     expect(wire.length).toBeGreaterThan(ram.transferred);
     expect(ram.total).toBe(4 * MiB + 256 * 1024);
     const counts = dst.pageCounts;

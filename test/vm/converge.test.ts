@@ -15,6 +15,7 @@ import type { ProxyItem } from '../../src/proxy/decoder.js';
 import { DEFAULT_GUEST_PARAMS, type GuestParams } from '../guest/check.js';
 import { qemuAvailable, startGuestVm, waitMigrate, type GuestVm } from '../guest/vm.js';
 import { listeningPort, startVm, waitStatus, type Digest, type VmProcess } from './helpers.js';
+import { qemuRamTransferred } from '../../src/proxy/stats.js';
 
 const MiB = 1 << 20;
 const PAGE = 4096;
@@ -85,20 +86,6 @@ async function follow(src: VmProcess, timeoutMs: number): Promise<{ samples: Inf
   }
 }
 
-/**
- * QEMU 7.2's ram.transferred from the wire: the bytes of every PAGE/ZERO/XBZRLE
- * record (header + payload) plus 8 per PART (the EOS ram_save_iterate counts);
- * not the setup record, not the END's EOS, no section headers, no device state.
- */
-function qemuTransferred(items: ProxyItem[]): number {
-  let n = 0;
-  for (const i of items) {
-    if (i.kind === 'PAGE' || i.kind === 'ZERO' || i.kind === 'XBZRLE') n += i.end - i.at;
-    else if (i.kind === 'PART') n += 8;
-  }
-  return n;
-}
-
 const count = (items: ProxyItem[], kind: string): number => items.reduce((n, i) => n + (i.kind === kind ? 1 : 0), 0);
 const passes = (v: VmProcess): number => v.events.filter((e) => e.event === 'MIGRATION_PASS').length;
 
@@ -120,10 +107,10 @@ async function checkCompleted(src: VmProcess, dst: VmProcess, proxy: FaultProxy,
   expect(st.decodeErrors).toEqual([]);
   expect(st.connections).toHaveLength(1);
   const ram = final.ram!;
-  // ram.transferred counts what QEMU 7.2 counts — the RAM records plus 8 per PART (qemuTransferred,
+  // ram.transferred counts what QEMU 7.2 counts — the RAM records plus 8 per PART (qemuRamTransferred,
   // proven against the real binary below) — recomputed here from what the proxy decoded on the wire;
   // the setup record, section headers, device state and vmdesc make the wire total larger.
-  expect(ram.transferred).toBe(qemuTransferred(items));
+  expect(ram.transferred).toBe(qemuRamTransferred(items));
   expect(ram.transferred).toBeLessThan(st.bytes.main);
   expect(ram['precopy-bytes'] + ram['downtime-bytes']).toBe(ram.transferred);
   // normal = PAGE records (XBZRLE overflows are sent as PAGE and counted there too), duplicate = ZERO records.
@@ -267,10 +254,10 @@ describe('convergence under a heavy workload (postcopy vm → postcopy vm, throu
     const recs = items.filter((i) => i.kind === 'XBZRLE');
     const recBytes = recs.reduce((n, i) => n + (i.end - i.at - 8), 0);
     console.log(
-      `qemu: passes ${ram['dirty-sync-count']}, transferred ${ram.transferred} (records+8/PART ${qemuTransferred(items)}, wire ${st.bytes.main}), ` +
+      `qemu: passes ${ram['dirty-sync-count']}, transferred ${ram.transferred} (records+8/PART ${qemuRamTransferred(items)}, wire ${st.bytes.main}), ` +
         `normal ${ram.normal}/${count(items, 'PAGE')}, duplicate ${ram.duplicate}/${count(items, 'ZERO')}, xbzrle ${JSON.stringify(x)}, records ${recs.length} (${recBytes})`,
     );
-    expect(ram.transferred).toBe(qemuTransferred(items));
+    expect(ram.transferred).toBe(qemuRamTransferred(items));
     expect(ram['precopy-bytes'] + ram['downtime-bytes']).toBe(ram.transferred);
     expect(ram.normal).toBe(count(items, 'PAGE'));
     expect(ram.duplicate).toBe(count(items, 'ZERO'));
