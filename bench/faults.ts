@@ -22,14 +22,18 @@
  * background paced to N MB/s (default 400) instead of full speed — not the
  * issue's set-up, a reference point; baseline: requests on the main channel), --rounds N (default 1; several
  * designs run interleaved, a summary of medians follows), --priority N
- * (nice value of both peers; default: inherited). The RESULT line
+ * (nice value of both peers; default: inherited), --profile (one more
+ * round of the first design with both peers under node --cpu-prof, its
+ * loaded phase summarised by layer and function). The RESULT line
  * is that of the last run.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
 import { printTable } from './lib/timing.js';
+import { summariseProfile } from './lib/profile.js';
 import type { DestPeerResult, PeerCommand, PeerEvent, SourcePeerResult } from './lib/fault-peer.js';
 import {
   busyPct,
@@ -58,6 +62,7 @@ const ROUNDS = Number(opt('--rounds') ?? 1);
 const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
 /** --priority N: run both peers at this nice value (root may go below 0) to shield the figures from other load. */
 const PRIORITY = opt('--priority') === undefined ? undefined : Number(opt('--priority'));
+const PROFILE = argv.includes('--profile');
 const peerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib', 'fault-peer.js');
 
 /** A forked peer with a typed message queue. */
@@ -67,8 +72,12 @@ class Peer {
   private waiter: (() => void) | undefined;
   private exitError: Error | undefined;
 
-  constructor(readonly role: 'source' | 'destination') {
-    this.child = fork(peerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  constructor(
+    readonly role: 'source' | 'destination',
+    profileDir?: string,
+  ) {
+    const execArgv = profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `${role}.cpuprofile`] : [];
+    this.child = fork(peerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
     if (PRIORITY !== undefined) os.setPriority(this.child.pid!, PRIORITY);
     this.child.on('message', (m: PeerEvent) => {
       this.queue.push(m);
@@ -99,15 +108,24 @@ class Peer {
     }
   }
 
+  /** Resolves once the process has exited. */
+  exited(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return Promise.resolve();
+    return new Promise((r) => this.child.once('exit', () => r()));
+  }
+
   kill(): void {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
   }
 }
 
-async function runOnce(DESIGN: string): Promise<FaultBenchResult> {
+/** The last run's loaded phase in monotonic µs (the clock of .cpuprofile samples), as the destination saw it. */
+let loadedWindow: [number, number] = [0, 0];
+
+async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchResult> {
   const load0 = os.loadavg()[0]!;
-  const dst = new Peer('destination');
-  const src = new Peer('source');
+  const dst = new Peer('destination', profileDir);
+  const src = new Peer('source', profileDir);
   const timer = setTimeout(() => {
     console.error(`bench:faults: no result after ${TIMEOUT_MS} ms`);
     src.kill();
@@ -124,6 +142,7 @@ async function runOnce(DESIGN: string): Promise<FaultBenchResult> {
     const j0 = machineJiffies();
     dst.send({ cmd: 'go' });
     const d: DestPeerResult = await dst.next('destResult');
+    loadedWindow = d.loadedWindowUs;
     const j1 = machineJiffies();
     const s: SourcePeerResult = await src.next('sourceResult');
     const load1 = os.loadavg()[0]!;
@@ -152,6 +171,8 @@ async function runOnce(DESIGN: string): Promise<FaultBenchResult> {
     };
   } finally {
     clearTimeout(timer);
+    if (profileDir) for (const p of [src, dst]) p.send({ cmd: 'exit' });
+    if (profileDir) await Promise.race([Promise.all([src.exited(), dst.exited()]), new Promise((r) => setTimeout(r, 5000))]);
     src.kill();
     dst.kill();
   }
@@ -217,6 +238,25 @@ function summary(all: FaultBenchResult[]): void {
   );
 }
 
+/** One more round with both peers under --cpu-prof; prints where each spent its loaded phase. */
+async function profileRound(design: string): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postcopy-faults-prof-'));
+  const r = await runOnce(design, dir);
+  console.log(`\nProfile: one more round of design ${design} under node --cpu-prof: loaded p50 ${fmtUs(r.loaded.p50Us)}, p99 ${fmtUs(r.loaded.p99Us)}, background ${r.backgroundGBps.toFixed(2)} GB/s`);
+  for (const role of ['source', 'destination']) {
+    const file = path.join(dir, `${role}.cpuprofile`);
+    if (!fs.existsSync(file)) {
+      console.log(`${role}: no profile written`);
+      continue;
+    }
+    const s = summariseProfile(file, loadedWindow[0], loadedWindow[1]);
+    const pct = (ms: number): string => `${((100 * ms) / s.windowMs).toFixed(1)} %`;
+    console.log(`\n${role.toUpperCase()} (${file}): ${s.windowMs.toFixed(0)} ms sampled in the loaded phase`);
+    printTable('  self time by layer', ['layer', 'ms', 'share'], s.byLayer.slice(0, 10).map(([k, ms]) => [k, ms.toFixed(1), pct(ms)]));
+    printTable('  self time by function (top 15)', ['function', 'ms', 'share'], s.byFunction.slice(0, 15).map(([k, ms]) => [k.slice(0, 110), ms.toFixed(1), pct(ms)]));
+  }
+}
+
 async function main(): Promise<number> {
   console.log(
     `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGNS.join(', ')}, ${ROUNDS} round(s)${PRIORITY === undefined ? '' : `, peers at nice ${PRIORITY}`}`,
@@ -234,6 +274,7 @@ async function main(): Promise<number> {
     }
   }
   if (all.length > 1) summary(all);
+  if (PROFILE) await profileRound(DESIGNS[0]!);
   console.log(RESULT_PREFIX + JSON.stringify(all[all.length - 1]));
   return ok ? 0 : 1;
 }

@@ -32,7 +32,9 @@ const MIN_MISSING = 0.1;
 export type PeerCommand =
   | { cmd: 'init'; role: 'source' | 'destination'; ramBytes: number; design: string; port?: number; idleFaults: number; idleMs: number }
   | { cmd: 'fullSpeed' }
-  | { cmd: 'go' };
+  | { cmd: 'go' }
+  /** Exit now, cleanly (under --cpu-prof node then writes the profile). */
+  | { cmd: 'exit' };
 
 /** Peer → parent. */
 export type PeerEvent =
@@ -67,11 +69,14 @@ export interface DestPeerResult {
   stats: { requests: number; count: number; p50Us: number; p99Us: number; maxUs: number };
   loadedBytes: number;
   loadedMs: number;
+  /** The loaded phase, from 'go' to the migration's end: monotonic µs (the clock of .cpuprofile samples). */
+  loadedWindowUs: [number, number];
   digest: string;
   cpu: CpuFigures;
 }
 
 const send = (m: PeerEvent): void => void process.send!(m);
+const monoUs = (): number => Number(process.hrtime.bigint() / 1000n);
 
 function cpuSince(c0: NodeJS.CpuUsage, loop?: IntervalHistogram): CpuFigures {
   const d = process.cpuUsage(c0);
@@ -113,7 +118,8 @@ let onCommand: (c: PeerCommand) => void = () => undefined;
 // The benchmark process is gone (killed, crashed): do not linger.
 process.on('disconnect', () => process.exit(1));
 process.on('message', (m: PeerCommand) => {
-  if (m.cmd === 'init') void (m.role === 'source' ? runSource(m) : runDestination(m)).catch(fatal);
+  if (m.cmd === 'exit') process.exit(0);
+  else if (m.cmd === 'init') void (m.role === 'source' ? runSource(m) : runDestination(m)).catch(fatal);
   else onCommand(m);
 });
 
@@ -276,11 +282,14 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   const loop = loopMonitor();
   const bytes0 = sock.bytesRead;
   const t0 = performance.now();
+  const w0 = monoUs();
+  let w1 = 0;
   const loadedUs: number[] = [];
   let tEnd = 0;
   let bytesEnd = 0;
   void loaded.then(() => {
     tEnd = performance.now();
+    w1 = monoUs();
     bytesEnd = sock.bytesRead;
   });
   while (!finished) {
@@ -302,6 +311,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     stats: { requests: st.requests, count: st.count, p50Us: st.p50Us, p99Us: st.p99Us, maxUs: st.maxUs },
     loadedBytes: bytesEnd - bytes0,
     loadedMs: tEnd - t0,
+    loadedWindowUs: [w0, w1],
     digest: digest(b.bytes),
     cpu,
   });
