@@ -54,7 +54,6 @@ export const UNSUPPORTED_CAPABILITIES: readonly CapabilityName[] = [
   'multifd',
   'background-snapshot',
   'zero-copy-send',
-  'postcopy-preempt',
 ];
 
 /** Background-snapshot's incompatible capabilities, in the order QEMU 7.2 checks them. */

@@ -17,19 +17,33 @@ export const PREEMPT_LOADER_YIELD_MS = 0.1;
 /** A MigrationDestination with a postcopy-preempt channel. */
 export class PreemptDestination extends MigrationDestination {
   private receiver: PreemptReceiver | undefined;
+  private preemptChannel: Duplex | undefined;
+  /** Pages placed by the receivers of earlier preempt channels (before a recovery). */
+  private pagesBefore = 0;
 
-  /** Pages placed from the preempt channel so far. */
+  constructor(...args: ConstructorParameters<typeof MigrationDestination>) {
+    super(...args);
+    // QEMU's destination closes the preempt channel too when it pauses; a recovery brings a new one.
+    this.on('paused', () => this.preemptChannel?.destroy());
+  }
+
+  /** Pages placed from preempt channels so far (all channels of this migration). */
   get preemptPages(): number {
-    return this.receiver?.pages ?? 0;
+    return this.pagesBefore + (this.receiver?.pages ?? 0);
   }
 
   /**
    * Reads `channel` as the preempt channel until its EOS. Resolves at EOS; a
    * broken or malformed channel pauses the migration while postcopy runs
    * (postcopy-active), and fails it before that, as an error on the main
-   * channel would; the promise then rejects with the error.
+   * channel would; the promise then rejects with the error. After a
+   * recovery the new preempt connection is attached again (it replaces the
+   * old one; the page count goes on).
    */
   async attachPreempt(channel: Duplex): Promise<void> {
+    if (this.preemptChannel && this.preemptChannel !== channel) this.preemptChannel.destroy();
+    this.preemptChannel = channel;
+    this.pagesBefore += this.receiver?.pages ?? 0;
     if (channel instanceof Socket) channel.setNoDelay(true);
     channel.on('error', () => undefined);
     // The main channel's loader yields often from now on: the preempt channel is read only when it does.
@@ -45,6 +59,8 @@ export class PreemptDestination extends MigrationDestination {
     try {
       await rx.run(new ChannelReader(channel));
     } catch (e) {
+      // a channel replaced by a recovery's is no reason to pause
+      if (this.preemptChannel !== channel) throw e;
       if (this.status === 'postcopy-active') this.pause();
       else if (this.status === 'active') this.channel?.destroy(e instanceof Error ? e : undefined);
       throw e;

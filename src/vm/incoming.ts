@@ -12,6 +12,13 @@
  * path (FaultBridge → dest.ensure()); migrate-pause shuts the input,
  * migrate-recover listens on a new URI and hands the one accepted channel
  * to dest.recover() (SPEC §7.2).
+ *
+ * postcopy-preempt (SPEC §6.5): the listener waits for a second connection,
+ * the preempt channel, before anything is loaded (QEMU 7.2 does; with exec:
+ * or fd:, which give one channel, it waits forever, as QEMU does), and
+ * PreemptDestination reads it. migrate-recover's listener likewise takes two
+ * connections before the handshake, the second one being the new preempt
+ * channel.
  */
 import type { Duplex } from 'node:stream';
 import { QmpError } from '../errors.js';
@@ -19,6 +26,7 @@ import { listen, type Listener } from '../transport/listen.js';
 import type { Channel } from '../transport/channel.js';
 import { engineBlocks } from '../engine/memory-guest.js';
 import { MigrationDestination, type DestinationOptions } from '../destination/destination.js';
+import { PreemptDestination } from '../preempt/destination.js';
 import { plainBlockAllocator } from '../destination/ram-loader.js';
 import { MIGRATE_ERRORS } from '../control/migrate-args.js';
 import { isActiveStatus, type StatusMachine } from '../control/status.js';
@@ -140,16 +148,19 @@ export class Incoming {
 
   private async acceptAndLoad(l: Listener): Promise<void> {
     let ch: Channel;
+    const vm = this.vm;
+    // QEMU looks at the capability when the first connection comes in.
+    let preempt: Channel | undefined;
     try {
       ch = await l.accept();
+      if (vm.config.capabilities['postcopy-preempt']) preempt = await l.accept();
     } catch {
       return; // listener closed
     }
-    // One connection per migration (QEMU stops listening once it has its channel; the
-    // address stays in query-migrate, and migrate-recover may listen on it again).
+    // One connection per migration, two with postcopy-preempt (QEMU stops listening once it
+    // has its channels; the address stays in query-migrate, and migrate-recover may listen on it again).
     void l.close().catch(() => undefined);
     this.channel = ch;
-    const vm = this.vm;
     const adopt = vm.memory === undefined;
     let machineName = vm.machineName;
     if (adopt) machineName = (await peekMachineName(ch)) ?? machineName;
@@ -176,7 +187,9 @@ export class Incoming {
       // received bitmaps in the shared memory: the workload worker reads them (fault path)
       hotpath: vm.hp,
     };
-    const dest = (this.dest = new MigrationDestination(options));
+    const dest = (this.dest = preempt ? new PreemptDestination(options) : new MigrationDestination(options));
+    // A broken preempt channel pauses (or fails) the migration itself: nothing to do with the rejection.
+    if (preempt && dest instanceof PreemptDestination) void dest.attachPreempt(preempt).catch(() => undefined);
     dest.once('postcopyRun', () => this.onPostcopyRun(dest));
     // QEMU starts the VM (RESUME) before it reports `completed`: act on the engine's 'runstate'
     // event, which comes after the load and before the status change.
@@ -331,8 +344,11 @@ export class Incoming {
     void (async () => {
       try {
         const ch = await l.accept();
+        // postcopy-preempt: the handshake waits for the new preempt channel too (QEMU 7.2 does)
+        const preempt = dest instanceof PreemptDestination ? await l.accept().catch((e: unknown) => (ch.destroy(), Promise.reject(e))) : undefined;
         void l.close().catch(() => undefined);
         this.channel = ch;
+        if (preempt && dest instanceof PreemptDestination) void dest.attachPreempt(preempt).catch(() => undefined);
         await dest.recover(ch);
       } catch {
         /* listener replaced or closed, or the handshake broke: back in postcopy-paused */
@@ -345,6 +361,8 @@ export class Incoming {
   /** query-migrate: the engine's (postcopy blocktime, x-postcopy-fault-latency), plus socket-address while listening. */
   queryMigrate(): Record<string, unknown> {
     const info: Record<string, unknown> = { ...(this.dest?.queryMigrate() ?? {}) };
+    // ours: pages placed from the preempt channel(s)
+    if (this.dest instanceof PreemptDestination) info['x-postcopy-preempt-pages'] = this.dest.preemptPages;
     const listening = this.recoverListener ?? this.listener;
     const addr = listening?.socketAddress;
     if (addr && this.status.status !== 'completed' && this.status.status !== 'failed') info['socket-address'] = addr;

@@ -6,6 +6,11 @@
  * it in postmigrate after completion, or resumes it after cancel/failure.
  * Postcopy: migrate-start-postcopy, migrate-pause and migrate {resume:true}
  * (connect, then MigrationSource.resume() on the new channel).
+ *
+ * postcopy-preempt (SPEC §6.5): as QEMU 7.2, a second connection to the same
+ * URI is opened right after the main one (and again after each resume's
+ * main connection) and handed to PreemptSource; a transport that cannot
+ * carry a second channel (exec:, fd:) fails the migration from setup.
  */
 import { QmpError } from '../errors.js';
 import { MIGRATE_ERRORS } from '../control/migrate-args.js';
@@ -14,6 +19,7 @@ import { parseMigrationUri } from '../transport/uri.js';
 import type { Channel } from '../transport/channel.js';
 import { sourceGuestFromMemory } from '../engine/memory-guest.js';
 import { MigrationSource } from '../source/source.js';
+import { PreemptSource } from '../preempt/source.js';
 import type { SourceCapabilities, SourceParameters } from '../source/options.js';
 import type { Capabilities } from '../control/capabilities.js';
 import type { Parameters } from '../control/parameters.js';
@@ -70,6 +76,10 @@ export class Outgoing {
   private resuming: AbortController | undefined;
   /** Last error of a resume attempt (connect or handshake), kept for the report. */
   resumeError: string | undefined;
+  /** The connect of the preempt channel while it runs (postcopy-preempt). */
+  private preemptConnecting: Promise<void> | undefined;
+  /** Bumped per preempt connect and when a resume attempt fails: a late connect of an older one is dropped. */
+  private preemptGen = 0;
 
   constructor(private readonly vm: SimVm) {
     this.status = vm.newStatus();
@@ -111,8 +121,44 @@ export class Outgoing {
       }
       this.connecting = undefined;
       this.channel = ch;
-      return this.run(ch);
+      if (this.vm.config.capabilities['postcopy-preempt']) {
+        const kind = parseMigrationUri(uri, 'outgoing').kind;
+        if (kind !== 'tcp' && kind !== 'unix') {
+          // QEMU 7.2 checks this once connected: setup → failed, the text on stderr only.
+          process.stderr.write(`postcopy vm: ${PREEMPT_NEEDS_SOCKET}\n`);
+          ch.destroy();
+          this.connectError = '';
+          this.emitSetupFailed();
+          return 'failed';
+        }
+      }
+      return this.run(ch, uri);
     })();
+  }
+
+  /**
+   * Opens the preempt channel to `uri` in the background (QEMU connects it
+   * once the main channel is up) and installs it on `src` — unless `stale()`
+   * says that migration or resume attempt is over. A failed connect ends the
+   * main channel with the error (the destination would wait for it forever).
+   */
+  private connectPreempt(src: PreemptSource, uri: string, main: Channel, usable: (s: MigrationStatus) => boolean): void {
+    const gen = ++this.preemptGen;
+    const stale = (): boolean => gen !== this.preemptGen || !usable(src.status);
+    const p: Promise<void> = connect(uri)
+      .then(
+        (pc) => {
+          if (stale()) pc.destroy();
+          else src.setPreemptChannel(pc);
+        },
+        (e: unknown) => {
+          if (!stale()) main.destroy(e instanceof Error ? e : new Error(String(e)));
+        },
+      )
+      .finally(() => {
+        if (this.preemptConnecting === p) this.preemptConnecting = undefined;
+      });
+    this.preemptConnecting = p;
   }
 
   /** QEMU went setup → failed before the engine started: the events it sent (events capability). */
@@ -122,7 +168,7 @@ export class Outgoing {
     this.vm.bus.emit('MIGRATION', { status: 'failed' });
   }
 
-  private async run(ch: Channel): Promise<MigrationStatus> {
+  private async run(ch: Channel, uri: string): Promise<MigrationStatus> {
     const vm = this.vm;
     const mem = vm.memory!;
     const guest = sourceGuestFromMemory(mem, {
@@ -137,14 +183,17 @@ export class Outgoing {
       },
       setThrottle: (p) => vm.workload?.setThrottle(p),
     });
-    const src = (this.source = new MigrationSource(guest, {
+    const opts = {
       capabilities: sourceCapabilities(vm.config.capabilities),
       parameters: sourceParameters(vm.config.parameters),
       pageOps: vm.pageOps,
       status: this.status,
-    }));
+    };
+    const preempt = vm.config.capabilities['postcopy-preempt'];
+    const src = (this.source = preempt ? new PreemptSource(guest, opts) : new MigrationSource(guest, opts));
+    if (src instanceof PreemptSource) this.connectPreempt(src, uri, ch, isActiveStatus);
     src.on('MIGRATION_PASS', (d: { pass: number }) => vm.bus.emit('MIGRATION_PASS', { pass: d.pass }));
-    if (this.postcopyAsked) src.startPostcopy();
+    if (this.postcopyAsked) this.startPostcopy();
     const status = await src.migrate(ch, {
       machineName: vm.machineName,
       devices: () => deviceSections(vm.devices, this.stoppedFrom ?? vm.runState),
@@ -163,8 +212,11 @@ export class Outgoing {
 
   /** migrate-start-postcopy (the caller checked capabilities and that a migration is running). */
   startPostcopy(): void {
-    if (this.source) this.source.startPostcopy();
-    else this.postcopyAsked = true;
+    const src = this.source;
+    if (!src) this.postcopyAsked = true;
+    // With postcopy-preempt the switchover waits for the preempt channel (QEMU 7.2 does too).
+    else if (this.preemptConnecting) void this.preemptConnecting.then(() => src.startPostcopy());
+    else src.startPostcopy();
   }
 
   /** migrate-pause: only postcopy-active; shuts the channel → postcopy-paused. */
@@ -204,10 +256,13 @@ export class Outgoing {
         this.resuming = undefined;
       }
       this.channel = ch;
+      // postcopy-preempt: a new preempt channel with each resume (the destination waits for both)
+      if (src instanceof PreemptSource) this.connectPreempt(src, uri, ch, (s) => s === 'postcopy-recover' || s === 'postcopy-active');
       try {
         await src.resume(ch);
         this.resumeError = undefined;
       } catch (e) {
+        this.preemptGen++;
         this.resumeError = e instanceof Error ? e.message : String(e);
         ch.destroy();
       }
@@ -234,6 +289,12 @@ export class Outgoing {
     if (this.connecting) return { status: 'setup' };
     if (this.connectError === '') return { status: 'failed' };
     if (this.connectError !== undefined) return { status: 'failed', 'error-desc': this.connectError };
-    return (this.source?.queryMigrate() ?? {}) as Record<string, unknown>;
+    const info = (this.source?.queryMigrate() ?? {}) as Record<string, unknown>;
+    // ours: requested pages that went on the preempt channel(s)
+    if (this.source instanceof PreemptSource) info['x-postcopy-preempt-pages'] = this.source.preemptPages;
+    return info;
   }
 }
+
+/** QEMU 7.2's text when postcopy-preempt meets a transport with one channel only (exec:, fd:). */
+export const PREEMPT_NEEDS_SOCKET = 'Postcopy preempt is not supported as current migration stream does not support multi-channels.';
