@@ -117,14 +117,13 @@ describe.skipIf(!hasQemu)(`QEMU 7.2 -M none → postcopy vm --ram 64M, read work
     const lat = d['x-postcopy-fault-latency'] as Record<string, number>;
     expect(lat.count).toBeGreaterThan(0);
     expect(lat['p99-us']).toBeGreaterThanOrEqual(lat['p50-us']);
-    // Ours (request sent → page placed) contains QEMU's share (request → page, both seen at the proxy)
-    // for each fault, so its median cannot be below QEMU's (0.5 ms for the two clocks' granularity).
-    // How much of it is QEMU's (most: 7.2 serves a request at its next 100 ms rate-limit window,
-    // QEMU→QEMU alike) is printed below, not asserted: it depends on the machine's load.
+    // How much of a fault's latency is QEMU's (most: 7.2 serves a request at its next 100 ms
+    // rate-limit window, QEMU→QEMU alike) is printed, not asserted: the proxy's request → page times
+    // and our faults are not the same set (a page can arrive in the background first) and both move
+    // with the machine's load.
     served.sort((a, b) => a - b);
     const qemuP50 = served[Math.floor(served.length / 2)]!;
     expect(served.length).toBeGreaterThan(3);
-    expect(lat['p50-us'] / 1000).toBeGreaterThan(qemuP50 - 0.5);
     console.log(
       `QEMU -M none → vm --ram, ${mode} cut on REQ_PAGES 3: paused ${tPaused.toFixed(0)} ms, recovered ${tRecovered.toFixed(0)} ms, done ${tDone.toFixed(0)} ms; ` +
         `requests ${c1.length} + ${sent.length - c1.length} (QEMU postcopy-requests ${qi.ram!['postcopy-requests']}), workload faults ${w3.faults}, ` +
