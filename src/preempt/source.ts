@@ -16,7 +16,6 @@ import { Socket } from 'node:net';
 import { PostcopyError } from '../errors.js';
 import { TARGET_PAGE_SIZE } from '../wire/constants.js';
 import type { SourceGuest } from '../engine/ports.js';
-import { jsPageOps } from '../engine/page-ops-js.js';
 import type { MigrationStatus } from '../engine/status.js';
 import { MigrationSource, type MigrateOptions, type SourceOptions } from '../source/source.js';
 import type { PageRequest } from '../source/return-path.js';
@@ -69,7 +68,7 @@ export class PreemptSource extends MigrationSource {
       if (this.preemptChannel === channel) this.dropPreempt();
     });
     this.preemptChannel = channel;
-    this.preempt = new PreemptSender(channel, this.opts.pageOps ?? jsPageOps);
+    this.preempt = new PreemptSender(channel, this.ops);
   }
 
   private dropPreempt(): void {
