@@ -23,8 +23,9 @@
  * issue's set-up, a reference point; baseline: requests on the main channel), --rounds N (default 1; several
  * designs run interleaved, a summary of medians follows), --priority N
  * (nice value of both peers; default: inherited), --profile (one more
- * round of the first design with both peers under node --cpu-prof, its
- * loaded phase summarised by layer and function). The RESULT line
+ * round of the first design with both peers under node --cpu-prof, a
+ * phase summarised by layer and function; --profile-phase idle|loaded,
+ * default loaded; --profile-interval µs, the sampling interval). The RESULT line
  * is that of the last run.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -63,6 +64,10 @@ const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
 /** --priority N: run both peers at this nice value (root may go below 0) to shield the figures from other load. */
 const PRIORITY = opt('--priority') === undefined ? undefined : Number(opt('--priority'));
 const PROFILE = argv.includes('--profile');
+/** --profile-phase idle|loaded (default loaded): the phase the profile summary covers. */
+const PROFILE_PHASE = opt('--profile-phase') === 'idle' ? 'idle' : 'loaded';
+/** --profile-interval µs: the sampling interval of --cpu-prof (node's default is 1000). */
+const PROFILE_INTERVAL = opt('--profile-interval');
 const peerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib', 'fault-peer.js');
 
 /** A forked peer with a typed message queue. */
@@ -77,6 +82,7 @@ class Peer {
     profileDir?: string,
   ) {
     const execArgv = profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `${role}.cpuprofile`] : [];
+    if (profileDir && PROFILE_INTERVAL) execArgv.push('--cpu-prof-interval', PROFILE_INTERVAL);
     this.child = fork(peerPath, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
     if (PRIORITY !== undefined) os.setPriority(this.child.pid!, PRIORITY);
     this.child.on('message', (m: PeerEvent) => {
@@ -90,7 +96,7 @@ class Peer {
   }
 
   send(c: PeerCommand): void {
-    this.child.send(c);
+    if (this.child.connected) this.child.send(c);
   }
 
   /** The next event of kind `ev` (earlier other events are dropped). */
@@ -119,8 +125,8 @@ class Peer {
   }
 }
 
-/** The last run's loaded phase in monotonic µs (the clock of .cpuprofile samples), as the destination saw it. */
-let loadedWindow: [number, number] = [0, 0];
+/** The last run's idle and loaded phases in monotonic µs (the clock of .cpuprofile samples), as the destination saw them. */
+let phaseWindows: Record<'idle' | 'loaded', [number, number]> = { idle: [0, 0], loaded: [0, 0] };
 
 async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchResult> {
   const load0 = os.loadavg()[0]!;
@@ -142,7 +148,7 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
     const j0 = machineJiffies();
     dst.send({ cmd: 'go' });
     const d: DestPeerResult = await dst.next('destResult');
-    loadedWindow = d.loadedWindowUs;
+    phaseWindows = { idle: d.idleWindowUs, loaded: d.loadedWindowUs };
     const j1 = machineJiffies();
     const s: SourcePeerResult = await src.next('sourceResult');
     const load1 = os.loadavg()[0]!;
@@ -249,9 +255,10 @@ async function profileRound(design: string): Promise<void> {
       console.log(`${role}: no profile written`);
       continue;
     }
-    const s = summariseProfile(file, loadedWindow[0], loadedWindow[1]);
+    const [from, to] = phaseWindows[PROFILE_PHASE];
+    const s = summariseProfile(file, from, to);
     const pct = (ms: number): string => `${((100 * ms) / s.windowMs).toFixed(1)} %`;
-    console.log(`\n${role.toUpperCase()} (${file}): ${s.windowMs.toFixed(0)} ms sampled in the loaded phase`);
+    console.log(`\n${role.toUpperCase()} (${file}): ${s.windowMs.toFixed(0)} ms sampled in the ${PROFILE_PHASE} phase`);
     printTable('  self time by layer', ['layer', 'ms', 'share'], s.byLayer.slice(0, 10).map(([k, ms]) => [k, ms.toFixed(1), pct(ms)]));
     printTable('  self time by function (top 15)', ['function', 'ms', 'share'], s.byFunction.slice(0, 15).map(([k, ms]) => [k.slice(0, 110), ms.toFixed(1), pct(ms)]));
   }

@@ -71,6 +71,8 @@ export interface DestPeerResult {
   loadedMs: number;
   /** The loaded phase, from 'go' to the migration's end: monotonic µs (the clock of .cpuprofile samples). */
   loadedWindowUs: [number, number];
+  /** The idle phase, the same way. */
+  idleWindowUs: [number, number];
   digest: string;
   cpu: CpuFigures;
 }
@@ -267,12 +269,14 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   // Idle phase: the background is throttled to ~0 on the same connection.
   const idleUs: number[] = [];
   const idleEnd = performance.now() + init.idleMs;
+  const i0 = monoUs();
   while (!finished && idleUs.length < init.idleFaults && performance.now() < idleEnd) {
     const us = await fault();
     if (us < 0) break;
     idleUs.push(us);
   }
   const go = new Promise<void>((r) => (onCommand = (c) => c.cmd === 'go' && r()));
+  const i1 = monoUs();
   send({ ev: 'idleDone' });
   await go;
 
@@ -312,6 +316,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     loadedBytes: bytesEnd - bytes0,
     loadedMs: tEnd - t0,
     loadedWindowUs: [w0, w1],
+    idleWindowUs: [i0, i1],
     digest: digest(b.bytes),
     cpu,
   });
