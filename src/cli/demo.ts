@@ -11,7 +11,7 @@ import { runDemo } from './demo/run.js';
 import type { Verb } from './main.js';
 
 export { runDemo } from './demo/run.js';
-export { DEFAULT_DEMO, parseDemoArgs, type DemoOptions } from './demo/options.js';
+export { DEFAULT_DEMO, PRECOPY_DEMO_WORKLOAD, parseDemoArgs, type DemoOptions } from './demo/options.js';
 
 export const verb: Verb = {
   summary: 'precopy → postcopy → cut → recovery → verified RAM, between two local VMs',

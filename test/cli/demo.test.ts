@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_DEMO, parseDemoArgs, runDemo } from '../../src/cli/demo.js';
+import { DEFAULT_DEMO, PRECOPY_DEMO_WORKLOAD, parseDemoArgs, runDemo } from '../../src/cli/demo.js';
 
 const BIN = path.resolve(import.meta.dirname, '../../bin/postcopy.js');
 
@@ -68,6 +68,10 @@ describe('parseDemoArgs', () => {
   });
   it('options: --no-postcopy implies no cut; --cut-mode kill', () => {
     expect(parseDemoArgs(['--ram', '64', '--no-xbzrle', '--no-postcopy'])).toMatchObject({ ramMiB: 64, xbzrle: false, postcopy: false, cut: false });
+    // precopy only: a paced workload by default (the postcopy default never lets precopy converge), a given one kept
+    expect(parseDemoArgs(['--no-postcopy'])).toMatchObject({ workload: PRECOPY_DEMO_WORKLOAD });
+    expect(PRECOPY_DEMO_WORKLOAD).not.toBe(DEFAULT_DEMO.workload);
+    expect(parseDemoArgs(['--no-postcopy', '--workload', 'pattern=seq,rate=10'])).toMatchObject({ workload: 'pattern=seq,rate=10' });
     expect(parseDemoArgs(['--no-cut'])).toMatchObject({ postcopy: true, cut: false });
     expect(parseDemoArgs(['--cut-mode', 'kill', '--workload', 'pattern=rand,rate=max'])).toMatchObject({ cutMode: 'kill', cut: true, workload: 'pattern=rand,rate=max' });
     expect(parseDemoArgs(['--ram', '8', '-h'])).toEqual({ help: true });
@@ -123,6 +127,9 @@ describe('postcopy demo, run as a command', () => {
     const received = /RECV_BITMAP_DATA ram: (\d+) pages received/.exec(r.stdout);
     expect(Number(received?.[1])).toBeGreaterThan(0);
     expect(Number(received?.[1])).toBeLessThan((32 << 20) / 4096); // paused mid-way: not everything was there
+    // XBZRLE was at work before the switch — unless the demo said it waited in vain (a very slow host)
+    const xbzrle = Number(/(\d+) XBZRLE \(/.exec(row(r.stdout, 'pages'))?.[1] ?? 0);
+    if (!/XBZRLE has encoded no page after .* switching anyway/.test(r.stdout)) expect(xbzrle).toBeGreaterThan(0);
     // the summary: requests and faults happened, latencies are ordered, the recovery was timed
     const requests = Number(/^(\d+) page requests/.exec(row(r.stdout, 'postcopy'))?.[1]);
     const faults = Number(/guest: (\d+) faults/.exec(row(r.stdout, 'postcopy'))?.[1]);

@@ -24,15 +24,23 @@ export interface DemoOptions {
   cutMode: 'reset' | 'kill';
 }
 
-/** The defaults: `npm start` with no arguments. */
+/**
+ * The defaults: `npm start` with no arguments. The workload writes as fast as it can (64 bytes per
+ * visit, 90 % of them in a tenth of its 32 MiB): precopy never converges, so the demo decides when
+ * to switch, the hot pages are resent often enough for XBZRLE to encode them, and enough is left
+ * dirty at the switch for a postcopy phase with a cut in it.
+ */
 export const DEFAULT_DEMO: Readonly<DemoOptions> = {
   ramMiB: 256,
-  workload: 'pattern=hot,rate=50000,bytes=64,wss=16M',
+  workload: 'pattern=hot,rate=0,bytes=64,wss=32M',
   xbzrle: true,
   postcopy: true,
   cut: true,
   cutMode: 'reset',
 };
+
+/** The default workload with --no-postcopy: paced (50000 visits/s in 16 MiB) so that precopy can converge. */
+export const PRECOPY_DEMO_WORKLOAD = 'pattern=hot,rate=50000,bytes=64,wss=16M';
 
 /**
  * The destination guest's workload: random page reads, each through the
@@ -47,14 +55,24 @@ export const MIN_RAM_MIB = 8;
 /** Timings and rates of one run, derived from the options. */
 export interface DemoPacing {
   /**
-   * Precopy max-bandwidth (bytes/s). With postcopy RAM/8, so the first pass (a quarter of RAM is data)
-   * takes ~2 s and the switch comes in the middle of it; precopy only: RAM/4, at least 32 MiB/s, to converge.
+   * Precopy max-bandwidth (bytes/s): RAM/4, so the first pass (a quarter of RAM is data) takes about a
+   * second; precopy only at least 32 MiB/s, to converge against the paced workload.
    */
   precopyBandwidth: number;
+  /**
+   * downtime-limit (ms). With postcopy 1 ms, so precopy never converges and the demo decides when to
+   * switch; precopy only: QEMU's default 300 ms.
+   */
+  downtimeLimitMs: number;
   /** max-postcopy-bandwidth (bytes/s): RAM/16, so the background transfer lasts a few seconds. */
   postcopyBandwidth: number;
-  /** Precopy time before migrate-start-postcopy (ms). */
+  /**
+   * Precopy time before migrate-start-postcopy (ms), at least; with XBZRLE the switch also waits (up to
+   * xbzrleWaitMs) until XBZRLE has encoded pages — a page is cached when resent after the first full
+   * pass and encoded when resent again, so that takes a pass or two.
+   */
   precopyMs: number;
+  xbzrleWaitMs: number;
   /** Time from the destination's guest starting (RESUME) to the cut (ms). */
   cutAfterMs: number;
   /** How long the demo watches the paused state before recovering (ms). */
@@ -71,9 +89,11 @@ export interface DemoPacing {
 export function demoPacing(o: DemoOptions): DemoPacing {
   const ram = o.ramMiB * MiB;
   return {
-    precopyBandwidth: o.postcopy ? Math.max(MiB, Math.floor(ram / 8)) : Math.max(32 * MiB, Math.floor(ram / 4)),
+    precopyBandwidth: Math.max(o.postcopy ? MiB : 32 * MiB, Math.floor(ram / 4)),
+    downtimeLimitMs: o.postcopy ? 1 : 300,
     postcopyBandwidth: Math.max(MiB / 2, Math.floor(ram / 16)),
     precopyMs: 1200,
+    xbzrleWaitMs: 8000,
     cutAfterMs: 800,
     pausedMs: 400,
     xbzrleCacheSize: Math.min(32 * MiB, 2 ** Math.floor(Math.log2(ram / 8))),
@@ -103,8 +123,9 @@ Exit status 0 only if the RAM check passes.
 
   --ram SIZE_MIB     guest RAM in MiB (default ${DEFAULT_DEMO.ramMiB}, at least ${MIN_RAM_MIB})
   --workload SPEC    the source guest's workload, as \`postcopy vm --workload\`
-                     (default ${DEFAULT_DEMO.workload}); the destination's
-                     guest reads (${DESTINATION_WORKLOAD})
+                     (default ${DEFAULT_DEMO.workload},
+                     with --no-postcopy ${PRECOPY_DEMO_WORKLOAD});
+                     the destination's guest reads (${DESTINATION_WORKLOAD})
   --no-xbzrle        precopy without XBZRLE
   --no-postcopy      precopy only, to completion (no switchover, no cut)
   --no-cut           postcopy without the cut and the recovery
@@ -114,6 +135,7 @@ Exit status 0 only if the RAM check passes.
 export function parseDemoArgs(args: readonly string[]): DemoOptions | { help: true } {
   const o: DemoOptions = { ...DEFAULT_DEMO };
   let cutModeGiven = false;
+  let workloadGiven = false;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     const value = (): string => {
@@ -136,6 +158,7 @@ export function parseDemoArgs(args: readonly string[]): DemoOptions | { help: tr
       }
       case '--workload':
         o.workload = value();
+        workloadGiven = true;
         break;
       case '--no-xbzrle':
         o.xbzrle = false;
@@ -157,6 +180,7 @@ export function parseDemoArgs(args: readonly string[]): DemoOptions | { help: tr
         throw new PostcopyError('BAD_OPTION', `unknown option '${a}'`);
     }
   }
+  if (!o.postcopy && !workloadGiven) o.workload = PRECOPY_DEMO_WORKLOAD;
   // The workload is checked here, with the vm's own parser, rather than by a child that would die at start.
   try {
     parseWorkload(o.workload);

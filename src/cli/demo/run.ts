@@ -54,6 +54,20 @@ class ProgressPoller {
   }
 }
 
+/** Waits until the source's XBZRLE has encoded pages (or xbzrleWaitMs went by, said so). */
+async function waitForXbzrle(run: Run, tl: Timeline): Promise<void> {
+  const end = performance.now() + run.pace.xbzrleWaitMs;
+  while (!tl.find('source', 'completed')) {
+    const pages = run.poller?.xbzrle?.pages ?? 0;
+    if (pages > 0) return;
+    if (performance.now() > end) {
+      run.say('demo', `XBZRLE has encoded no page after ${(run.pace.precopyMs + run.pace.xbzrleWaitMs) / 1000} s: switching anyway`);
+      return;
+    }
+    await sleep(100);
+  }
+}
+
 /** What the phases of one run share. */
 interface Run {
   o: DemoOptions;
@@ -149,7 +163,7 @@ async function story(run: Run): Promise<number> {
   await src.qmp.execute('migrate-set-parameters', {
     'max-bandwidth': pace.precopyBandwidth,
     'max-postcopy-bandwidth': pace.postcopyBandwidth,
-    'downtime-limit': 300,
+    'downtime-limit': pace.downtimeLimitMs,
     'xbzrle-cache-size': pace.xbzrleCacheSize,
   });
   rep.line(`postcopy demo: ${o.ramMiB} MiB guest (${size(dataBytes)} of random data, the rest zero pages)`);
@@ -157,7 +171,8 @@ async function story(run: Run): Promise<number> {
   rep.line(`  destination  postcopy vm --ram ${ram} --incoming defer --workload ${DESTINATION_WORKLOAD}`);
   const plan = [`precopy at ${size(pace.precopyBandwidth)}/s${o.xbzrle ? ' with XBZRLE' : ''}`];
   if (o.postcopy) {
-    plan.push(`migrate-start-postcopy after ${pace.precopyMs / 1000} s (postcopy background at ${size(pace.postcopyBandwidth)}/s)`);
+    const when = o.xbzrle ? `once XBZRLE has encoded pages (after ${pace.precopyMs / 1000} s at least)` : `after ${pace.precopyMs / 1000} s`;
+    plan.push(`migrate-start-postcopy ${when} (postcopy background at ${size(pace.postcopyBandwidth)}/s)`);
     if (o.cut) plan.push(`cut the link (${o.cutMode}) ${pace.cutAfterMs / 1000} s after the destination's guest starts, recover`);
   }
   plan.push('complete', 'verify RAM');
@@ -197,6 +212,7 @@ async function story(run: Run): Promise<number> {
   if (o.postcopy) {
     // ---- precopy for a moment, then the switchover
     await Promise.race([sleep(pace.precopyMs), tl.wait('source', 'completed', 1, pace.precopyMs + 1000).catch(() => undefined)]);
+    if (o.xbzrle) await waitForXbzrle(run, tl);
     if (tl.find('source', 'completed')) {
       say('demo', 'precopy converged before the switch: no postcopy this time');
     } else {
