@@ -9,25 +9,19 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ProxyItem } from '../../src/proxy/decoder.js';
 import { parseCutOn } from '../../src/proxy/cut.js';
 import { FaultProxy, type ProxyCut } from '../../src/proxy/proxy.js';
-import { hasQemu, qemuSkipReason, startQemu, waitForStatus, type QemuProcess } from './harness/index.js';
-import { listeningPort, startVm, waitStatus, type Digest, type VmProcess } from '../vm/helpers.js';
+import { hasQemu, qemuSkipReason, startQemu, waitForStatus } from './harness/index.js';
+import { peersCleanedAfterEach } from './harness/peers.js';
+import { listeningPort, startVm, waitStatus, type Digest } from '../vm/helpers.js';
 
 const MiB = 1 << 20;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-const qemus: QemuProcess[] = [];
-const vms: VmProcess[] = [];
-const proxies: FaultProxy[] = [];
-afterEach(async () => {
-  await Promise.all(proxies.splice(0).map((p) => p.close()));
-  for (const v of vms.splice(0)) await v.cleanup();
-  for (const q of qemus.splice(0)) await q.cleanup();
-});
+const { qemus, vms, proxies } = peersCleanedAfterEach();
 
 interface WorkloadInfo {
   visits: number;

@@ -16,45 +16,23 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FaultProxy } from '../../src/proxy/proxy.js';
 import { hasQemu, qemuSkipReason, startQemu, waitForStatus, type QemuProcess } from './harness/index.js';
+import { peersCleanedAfterEach } from './harness/peers.js';
 import { listeningPort, startVm, waitStatus, type Digest, type VmProcess } from '../vm/helpers.js';
+import { faulted, sleep, type WorkloadInfo } from '../vm/postcopy-helpers.js';
 
 const MiB = 1 << 20;
 const TP = 4096;
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-const qemus: QemuProcess[] = [];
-const vms: VmProcess[] = [];
-const proxies: FaultProxy[] = [];
-afterEach(async () => {
-  await Promise.all(proxies.splice(0).map((p) => p.close()));
-  for (const v of vms.splice(0)) await v.cleanup();
-  for (const q of qemus.splice(0)) await q.cleanup();
-});
+const { qemus, vms, proxies } = peersCleanedAfterEach();
 
 type Info = Record<string, unknown> & { status?: string; ram?: Record<string, number> };
-interface WorkloadInfo {
-  visits: number;
-  faults: number;
-  'blocked-ms': number;
-  'max-blocked-ms': number;
-}
 const CAPS = ['events', 'postcopy-ram', 'postcopy-preempt'];
 const caps = (names: string[], state = true) => ({ capabilities: names.map((capability) => ({ capability, state })) });
 const preemptPages = (i: Info): number => i['x-postcopy-preempt-pages'] as number;
-
-async function faulted(v: VmProcess, n: number, timeoutMs = 20_000): Promise<WorkloadInfo> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const w = await v.qmp.execute<WorkloadInfo>('x-query-workload');
-    if (w.faults >= n) return w;
-    if (Date.now() > end) throw new Error(`only ${w.faults} faults`);
-    await sleep(20);
-  }
-}
 
 describe.skipIf(!hasQemu)(`postcopy-preempt: postcopy vm ⇄ QEMU 7.2 -M none ${qemuSkipReason}`, () => {
   it('capability rules: the same refusals and texts as QEMU', async () => {

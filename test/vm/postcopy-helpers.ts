@@ -72,3 +72,14 @@ export interface WorkloadInfo {
   'blocked-ms': number;
   'max-blocked-ms': number;
 }
+
+/** Waits until `v`'s workload has faulted at least `n` pages in (total); returns its x-query-workload. */
+export async function faulted(v: VmProcess, n: number, timeoutMs = 20_000): Promise<WorkloadInfo> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const w = await v.qmp.execute<WorkloadInfo>('x-query-workload');
+    if (w.faults >= n) return w;
+    if (Date.now() > end) throw new Error(`only ${w.faults} faults`);
+    await sleep(20);
+  }
+}

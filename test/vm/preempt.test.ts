@@ -14,7 +14,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FaultProxy } from '../../src/proxy/proxy.js';
 import { qmpError, startVm, waitStatus, type Digest, type VmProcess } from './helpers.js';
-import { bothCompleted, migrationEvents, MiB, postcopyPair, sleep, waitEvent, type WorkloadInfo } from './postcopy-helpers.js';
+import { bothCompleted, faulted, migrationEvents, MiB, postcopyPair, sleep, waitEvent, type WorkloadInfo } from './postcopy-helpers.js';
 import { bothPaused, recover, type Drill } from './drill-helpers.js';
 
 const procs: VmProcess[] = [];
@@ -102,17 +102,6 @@ async function proxiedPair(preempt: boolean): Promise<ProxiedPair> {
   };
   cleanups.push(cleanup);
   return { ...pair, proxy, dstUri, dir, close: cleanup, cleanup };
-}
-
-/** Waits until the destination's workload has faulted at least `n` pages in (total). */
-async function faulted(v: VmProcess, n: number, timeoutMs = 20_000): Promise<WorkloadInfo> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const w = await v.qmp.execute<WorkloadInfo>('x-query-workload');
-    if (w.faults >= n) return w;
-    if (Date.now() > end) throw new Error(`only ${w.faults} faults`);
-    await sleep(20);
-  }
 }
 
 describe('postcopy vm → postcopy vm with postcopy-preempt (through FaultProxy)', () => {
