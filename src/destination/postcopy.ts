@@ -52,9 +52,19 @@ export function clearBits(bits: PageBits, first: number, count: number): void {
 /** ADVISE: zaps all RAM of every block and clears its received bits. */
 export function zapRam(blocks: readonly EngineRamBlock[], received: ReadonlyMap<string, PageBits>): void {
   for (const b of blocks) {
-    b.bytes.fill(0, 0, b.usedLength);
     const bits = received.get(b.idstr);
-    if (bits) clearBits(bits, 0, Math.floor(b.usedLength / TP));
+    const pages = Math.floor(b.usedLength / TP);
+    if (b.zeroed && bits) {
+      // Fresh memory: only the pages received so far can be non-zero.
+      for (let w = 0; w < (pages + 31) >>> 5; w++) {
+        const v = Atomics.load(bits, w);
+        if (v === 0) continue;
+        for (let i = 0; i < 32; i++) if (v & (1 << i)) b.bytes.fill(0, (w * 32 + i) * TP, (w * 32 + i + 1) * TP);
+      }
+    } else {
+      b.bytes.fill(0, 0, b.usedLength);
+    }
+    if (bits) clearBits(bits, 0, pages);
   }
 }
 

@@ -16,6 +16,8 @@ const YIELD_EVERY_MS = 8;
 const POSTCOPY_YIELD_EVERY_MS = 1;
 const TWO_32 = 0x100000000;
 
+const isSet = (bits: PageBits, page: number): boolean => (Atomics.load(bits, page >>> 5) & (1 << (page & 31))) !== 0;
+
 /** Creates a block when the destination adopts the source's RAM layout. */
 export type BlockAllocator = (idstr: string, usedLength: number, ramAddr: number) => EngineRamBlock;
 
@@ -25,6 +27,7 @@ export const plainBlockAllocator: BlockAllocator = (idstr, usedLength, ramAddr) 
   usedLength,
   ramAddr,
   bytes: new Uint8Array(usedLength),
+  zeroed: true,
 });
 
 /** Incoming RAM state of one migration. */
@@ -167,7 +170,9 @@ export class RamLoader {
       case RamFlag.ZERO: {
         if (r.available < 1) await r.need(1, 'zero page fill');
         const fill = r.u8();
-        if (fill !== 0 || !this.ops.isZeroPage(mem, addr)) mem.fill(fill, addr, addr + TP);
+        // A page of fresh memory not received yet is zero: leave it untouched (no page fault).
+        const untouched = block.zeroed === true && !isSet(this.received.get(block.idstr)!, addr / TP);
+        if (fill !== 0 || (!untouched && !this.ops.isZeroPage(mem, addr))) mem.fill(fill, addr, addr + TP);
         this.counters.zero++;
         break;
       }

@@ -14,9 +14,9 @@ export interface GuestControl {
   readonly runState?: string;
 }
 
-/** Engine views of a GuestMemory's blocks (views over the shared memory). */
-export function engineBlocks(mem: GuestMemory): EngineRamBlock[] {
-  return mem.blocks.map((b) => ({ idstr: b.idstr, usedLength: b.usedLength, ramAddr: b.ramAddr, bytes: b.bytes() }));
+/** Engine views of a GuestMemory's blocks (views over the shared memory); `zeroed` when nothing wrote them yet. */
+export function engineBlocks(mem: GuestMemory, zeroed = false): EngineRamBlock[] {
+  return mem.blocks.map((b) => ({ idstr: b.idstr, usedLength: b.usedLength, ramAddr: b.ramAddr, bytes: b.bytes(), zeroed }));
 }
 
 /**

@@ -14,6 +14,13 @@ export interface EngineRamBlock {
   readonly ramAddr: number;
   /** The block's memory: at least usedLength bytes. */
   readonly bytes: Uint8Array;
+  /**
+   * Destination only: the bytes were all zero when the migration began
+   * (fresh memory). A page not received yet is then known to be zero, and a
+   * ZERO record or a zap does not touch it — touching fresh memory costs a
+   * page fault per page, most of a zero page's cost.
+   */
+  readonly zeroed?: boolean;
 }
 
 /**

@@ -164,7 +164,8 @@ export class Incoming {
     const adopt = vm.memory === undefined;
     let machineName = vm.machineName;
     if (adopt) machineName = (await peekMachineName(ch)) ?? machineName;
-    const local = vm.memory ? engineBlocks(vm.memory) : undefined;
+    // An incoming VM's guest has not run: its RAM is all zero unless it came from --mem-path.
+    const local = vm.memory ? engineBlocks(vm.memory, !vm.ramFromFile) : undefined;
     const options: DestinationOptions = {
       machineName,
       blocks: local,
@@ -258,7 +259,7 @@ export class Incoming {
       return plainBlockAllocator(idstr, usedLength, ramAddr);
     }
     this.adoptedParts.push(part);
-    return { idstr, usedLength, ramAddr, bytes: part.blocks[0]!.bytes() };
+    return { idstr, usedLength, ramAddr, bytes: part.blocks[0]!.bytes(), zeroed: true };
   }
 
   /** After a successful load: adopt RAM and devices, write --mem-path, apply the run state (unless RUN did). */

@@ -70,6 +70,8 @@ export class SimVm {
   /** Counters of a workload that was replaced (adopting destination after postcopy), added to x-query-workload. */
   workloadBase = { visits: 0, faults: 0, blockedUs: 0, maxBlockedUs: 0 };
   private exiting = false;
+  /** RAM was loaded from --mem-path (otherwise it is fresh, all zero, until something writes it). */
+  ramFromFile = false;
 
   constructor(readonly opts: VmOptions) {
     this.machineName = opts.machine ?? NONE_MACHINE;
@@ -78,7 +80,7 @@ export class SimVm {
     this.pageOps = hotpathPageOps(this.hp);
     if (opts.ram !== undefined) {
       this.memory = GuestMemory.create(this.hp, [{ idstr: NONE_RAM_IDSTR, usedLength: opts.ram }]);
-      if (opts.memPath) loadRamFile(this.memory, opts.memPath);
+      if (opts.memPath) this.ramFromFile = loadRamFile(this.memory, opts.memPath);
     }
     this.autostart = !opts.startPaused;
     this.runState = opts.incoming !== undefined ? 'inmigrate' : opts.startPaused ? 'prelaunch' : 'running';

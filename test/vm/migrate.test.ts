@@ -83,6 +83,9 @@ describe('postcopy vm → postcopy vm', () => {
     randomFillSync(content.subarray(0, 2 * MiB));
     fs.writeFileSync(image, content);
     const out = path.join(dir, 'dst.ram');
+    // The destination starts from a file of 0xaa: its RAM is not fresh, so the ZERO records (6 MiB of
+    // the source is zero) must be written, not skipped as for a fresh VM's untouched pages.
+    fs.writeFileSync(out, Buffer.alloc(8 * MiB, 0xaa));
     const src = await vm(['--ram', '8M', '--mem-path', image, '-S']);
     const dst = await vm(['--ram', '8M', '--mem-path', out, '--incoming', 'tcp:127.0.0.1:0', '-S']);
     const d = await src.qmp.execute<Digest>('x-ram-digest');
@@ -91,8 +94,9 @@ describe('postcopy vm → postcopy vm', () => {
     await waitStatus(src.qmp, ['completed']);
     await waitStatus(dst.qmp, ['completed']);
     // written back when the incoming migration completed
-    for (let i = 0; i < 100 && !fs.existsSync(out); i++) await sleep(20);
+    for (let i = 0; i < 100 && sha(fs.readFileSync(out)) !== sha(content); i++) await sleep(20);
     expect(sha(fs.readFileSync(out))).toBe(sha(content));
+    expect((await dst.qmp.execute<Digest>('x-ram-digest')).blocks[0]!.sha256).toBe(sha(content));
     // globalstate "prelaunch" from the -S source is applied
     expect(await dst.qmp.execute('query-status')).toMatchObject({ status: 'prelaunch' });
     // quit writes RAM back too: change it first by running a workload-free cont (no change) → same bytes
