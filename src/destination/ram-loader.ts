@@ -8,6 +8,7 @@ import { ProtocolError } from '../errors.js';
 import { ENCODING_FLAG_XBZRLE, RamFlag, TARGET_PAGE_SIZE } from '../wire/constants.js';
 import type { ChannelReader } from '../engine/bytes.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
+import { testBit } from './faults.js';
 
 const TP = TARGET_PAGE_SIZE;
 /** Longest synchronous stretch of page loading before yielding, ms (precopy). */
@@ -15,8 +16,6 @@ const YIELD_EVERY_MS = 8;
 /** In postcopy: return-path writes and fault resolutions must not wait longer. */
 const POSTCOPY_YIELD_EVERY_MS = 1;
 const TWO_32 = 0x100000000;
-
-const isSet = (bits: PageBits, page: number): boolean => (Atomics.load(bits, page >>> 5) & (1 << (page & 31))) !== 0;
 
 /** Creates a block when the destination adopts the source's RAM layout. */
 export type BlockAllocator = (idstr: string, usedLength: number, ramAddr: number) => EngineRamBlock;
@@ -162,7 +161,7 @@ export class RamLoader {
     if (this.postcopy) {
       const bm = this.received.get(block.idstr)!;
       const p = addr / TP;
-      if (Atomics.load(bm, p >>> 5) & (1 << (p & 31))) {
+      if (testBit(bm, p)) {
         this.fail(`postcopy_place_page: File exists copy host: ${block.idstr}+0x${addr.toString(16)} (size: ${TP})`, at);
       }
     }
@@ -171,7 +170,7 @@ export class RamLoader {
         if (r.available < 1) await r.need(1, 'zero page fill');
         const fill = r.u8();
         // A page of fresh memory not received yet is zero: leave it untouched (no page fault).
-        const untouched = block.zeroed === true && !isSet(this.received.get(block.idstr)!, addr / TP);
+        const untouched = block.zeroed === true && !testBit(this.received.get(block.idstr)!, addr / TP);
         if (fill !== 0 || (!untouched && !this.ops.isZeroPage(mem, addr))) mem.fill(fill, addr, addr + TP);
         this.counters.zero++;
         break;

@@ -17,6 +17,7 @@ import { RamRecordEncoder } from '../wire/ram.js';
 import { ByteWriter } from '../wire/writer.js';
 import type { ChannelReader } from '../engine/bytes.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
+import { testBit } from '../destination/faults.js';
 
 const TP = TARGET_PAGE_SIZE;
 const TWO_32 = 0x100000000;
@@ -121,7 +122,7 @@ export class PreemptReceiver {
       if (addr % TP !== 0 || addr + TP > block.usedLength) this.fail(`Illegal RAM offset ${addr.toString(16)}`, at);
       if (!this.target.accepting()) this.fail('Postcopy page received on the preempt channel outside postcopy', at);
       const p = addr / TP;
-      if (Atomics.load(bits, p >>> 5) & (1 << (p & 31))) {
+      if (testBit(bits, p)) {
         this.fail(`postcopy_place_page: File exists copy host: ${block.idstr}+0x${addr.toString(16)} (size: ${TP})`, at);
       }
       const mem = block.bytes;
