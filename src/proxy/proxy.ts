@@ -82,8 +82,10 @@ class Pipe {
   scheduled = false;
   /** Every byte before this offset has been decoded (Infinity once decoding stopped). */
   committed = 0;
-  /** Bytes held back for the decoder are released at the latest this long after being held. */
+  /** Bytes held back for the decoder are released once no byte has moved for HOLD_MS. */
   holdTimer: NodeJS.Timeout | undefined;
+  /** `received` when the hold timer was (re)started. */
+  receivedAtHold = 0;
   readonly queue = new ChunkQueue();
   constructor(
     readonly dir: ProxyDirection,
@@ -325,11 +327,14 @@ export class FaultProxy extends EventEmitter {
    * Relay pending bytes. While a kind rule is armed for this direction, bytes
    * of an item the decoder has not finished are held back (so a cut "before"
    * or "after" an item is exact even when the item spans many chunks); a
-   * decoder waiting for bytes that do not come releases them after HOLD_MS.
+   * decoder waiting HOLD_MS for bytes that do not come releases them. The
+   * wait restarts whenever bytes arrive or are relayed: a slow trickle (an
+   * item spanning many reads over seconds) is not a stall.
    */
   private flush(c: Conn, p: Pipe, force: boolean): void {
     const hold = !force && c.matcher.armedFor(p.dir);
     const upTo = hold ? p.committed : Infinity;
+    const before = p.relayed;
     while (p.pending.length > 0 && c.state === 'open') {
       const room = upTo - p.relayed;
       if (room <= 0) break;
@@ -342,10 +347,12 @@ export class FaultProxy extends EventEmitter {
         this.forward(c, p, chunk.subarray(0, room));
       }
     }
-    if (p.pending.length === 0 || c.state !== 'open') {
+    if (p.pending.length === 0 || c.state !== 'open' || p.relayed !== before || p.received !== p.receivedAtHold) {
       clearTimeout(p.holdTimer);
       p.holdTimer = undefined;
-    } else if (!p.holdTimer) {
+    }
+    if (p.pending.length > 0 && c.state === 'open' && !p.holdTimer) {
+      p.receivedAtHold = p.received;
       p.holdTimer = setTimeout(() => {
         p.holdTimer = undefined;
         this.flush(c, p, true);

@@ -183,7 +183,7 @@ describe('cut modes as the peers see them', () => {
 });
 
 describe('cuts at exact points', () => {
-  async function runCut(spec: Parameters<typeof parseCutOn>[0] | number, position?: 'before' | 'after', mode: 'kill' | 'reset' = 'kill', trickle = false) {
+  async function runCut(spec: Parameters<typeof parseCutOn>[0] | number, position?: 'before' | 'after', mode: 'kill' | 'reset' = 'kill', trickle: false | 'fast' | 'slow' = false) {
     const t = await target('tcp');
     const trigger = typeof spec === 'number' ? { type: 'bytes' as const, bytes: spec } : parseCutOn(spec);
     const p = await proxy({ target: t.uri, cuts: [{ trigger, mode, ...(position ? { position } : {}) }] });
@@ -208,7 +208,7 @@ describe('cuts at exact points', () => {
         const n = 1 + Math.floor(Math.random() * 60);
         c.write(bytes.subarray(i, i + n));
         i += n;
-        if (Math.random() < 0.3) await new Promise((r) => setTimeout(r, 1));
+        if (trickle === 'slow' || Math.random() < 0.3) await new Promise((r) => setTimeout(r, trickle === 'slow' ? 3 : 1));
       }
     } else c.write(bytes);
     await until(() => cuts.length === 1);
@@ -247,11 +247,19 @@ describe('cuts at exact points', () => {
     ['FULL', 'after'],
     ['PACKAGED', 'after'],
   ] as const)('exact even when items span many small reads: %s %s', async (kind, position) => {
-    const r = await runCut(kind, position, 'kill', true);
+    const r = await runCut(kind, position, 'kill', 'fast');
     const item = r.cut.item!;
     expect(r.cut.late).toBe(0);
     expect(r.received.length).toBe(position === 'before' ? item.at : item.end);
     expect(Buffer.compare(r.received, Buffer.from(r.bytes.subarray(0, r.received.length)))).toBe(0);
+  });
+
+  it('exact when the stream trickles in for longer than the hold time (bytes keep moving: no forced release)', async () => {
+    const t0 = performance.now();
+    const r = await runCut('PAGE:3', 'before', 'kill', 'slow');
+    expect(performance.now() - t0).toBeGreaterThan(400); // well past HOLD_MS (200 ms) of trickle
+    expect(r.cut.late).toBe(0);
+    expect(r.received.length).toBe(r.cut.item!.at);
   });
 
   it('in-package cuts in the middle of the PACKAGED blob', async () => {
