@@ -8,6 +8,11 @@
  * destination's, bytes on the wire, GB/s, and ours/QEMU. Every run is
  * verified: destination RAM digest = SHA-256 of the source file.
  *
+ * Four implementations per round (see Impl): QEMU with the destination's
+ * RAM in a file (the reference the issue names) and anonymous (huge pages),
+ * ours with huge pages and with 4 KiB pages. On a virtual machine, first
+ * touches of fresh RAM dominate loading it, so the page size decides a lot.
+ *
  * When ours is slower on random RAM (or with --profile), one more round
  * of ours runs under `node --cpu-prof` and the profile of both processes,
  * limited to the migration window, is summarised by layer and function.
@@ -51,7 +56,22 @@ const MAX_BANDWIDTH = 10737418240; // 10 GiB/s, in bytes per second as QMP takes
 const TIMEOUT_MS = 60_000;
 const only = opt('--only');
 
-type Impl = 'qemu' | 'ours';
+/**
+ * qemu: QEMU → QEMU with the destination's RAM in a fresh /dev/shm file (the
+ * issue's reference; shmem gets no transparent huge pages here). qemu-anon:
+ * the destination's RAM anonymous (memory-backend-ram), which QEMU advises
+ * for huge pages. ours: postcopy vm → postcopy vm, RAM advised for huge
+ * pages when the native helper is built. ours-4k: the same with
+ * POSTCOPY_NO_THP=1 (4 KiB pages), the A/B of the advice.
+ */
+type Impl = 'qemu' | 'qemu-anon' | 'ours' | 'ours-4k';
+const IMPLS: readonly Impl[] = ['qemu', 'qemu-anon', 'ours', 'ours-4k'];
+const LABEL: Record<Impl, string> = {
+  qemu: 'QEMU→QEMU',
+  'qemu-anon': 'QEMU→QEMU anon',
+  ours: 'ours→ours',
+  'ours-4k': 'ours→ours 4K',
+};
 interface RunResult {
   kind: string;
   round: number;
@@ -119,41 +139,45 @@ async function migrateOnce(src: Peer, dst: Peer, port: number): Promise<Migrated
   return { info, t0, tSrc, tDst, srcCpu, dstCpu };
 }
 
-async function runQemu(kind: string, round: number, srcFile: string, ref: string): Promise<RunResult> {
+async function runQemu(kind: string, round: number, srcFile: string, ref: string, anon: boolean): Promise<RunResult> {
   const dstFile = tempPath(`/dev/shm/postcopy-bench-${process.pid}-dst-qemu.ram`);
   fs.rmSync(dstFile, { force: true });
-  fs.closeSync(fs.openSync(dstFile, 'w'));
-  fs.truncateSync(dstFile, RAM_BYTES); // fresh (zero, not yet allocated) RAM, as a new guest has
+  if (!anon) {
+    fs.closeSync(fs.openSync(dstFile, 'w'));
+    fs.truncateSync(dstFile, RAM_BYTES); // fresh (zero, not yet allocated) RAM, as a new guest has
+  }
   const port = await freePort();
   const peers: Peer[] = [];
   try {
-    const dst = await startQemu({ ramBytes: RAM_BYTES, memPath: dstFile, incoming: `tcp:127.0.0.1:${port}` });
+    const dst = await startQemu({ ramBytes: RAM_BYTES, memPath: anon ? undefined : dstFile, incoming: `tcp:127.0.0.1:${port}` });
     peers.push(dst);
     const src = await startQemu({ ramBytes: RAM_BYTES, memPath: srcFile });
     peers.push(src);
     const m = await migrateOnce(src, dst, port);
+    // Anonymous RAM is read back with pmemsave (-M none maps RAM at 0), after the timing.
+    if (anon) await dst.qmp.execute('pmemsave', { val: 0, size: RAM_BYTES, filename: dstFile });
     const digest = sha256File(dstFile);
-    return result(kind, round, 'qemu', m, digest, ref);
+    return result(kind, round, anon ? 'qemu-anon' : 'qemu', m, digest, ref);
   } finally {
     await Promise.all(peers.map((p) => p.stop()));
     fs.rmSync(dstFile, { force: true });
   }
 }
 
-async function runOurs(kind: string, round: number, srcFile: string, ref: string, cpuProfDir?: string): Promise<RunResult & { window: [bigint, bigint] }> {
+async function runOurs(kind: string, round: number, srcFile: string, ref: string, noThp: boolean, cpuProfDir?: string): Promise<RunResult & { window: [bigint, bigint] }> {
   const port = await freePort();
   const peers: Peer[] = [];
   try {
-    const dst = await startVm({ ramBytes: RAM_BYTES, incoming: `tcp:127.0.0.1:${port}`, cpuProfDir });
+    const dst = await startVm({ ramBytes: RAM_BYTES, incoming: `tcp:127.0.0.1:${port}`, cpuProfDir, noThp });
     peers.push(dst);
-    const src = await startVm({ ramBytes: RAM_BYTES, memPath: srcFile, cpuProfDir });
+    const src = await startVm({ ramBytes: RAM_BYTES, memPath: srcFile, cpuProfDir, noThp });
     peers.push(src);
     const m = await migrateOnce(src, dst, port);
     const d = await dst.qmp.execute<{ blocks: Array<{ idstr: string; sha256: string }> }>('x-ram-digest');
     const digest = d.blocks.length === 1 && d.blocks[0]!.idstr === 'ram' ? d.blocks[0]!.sha256 : JSON.stringify(d.blocks);
     // With --cpu-prof, exit cleanly (SIGTERM → quit) so node writes the profile.
     if (cpuProfDir) await Promise.all(peers.map((p) => p.stop('SIGTERM')));
-    return { ...result(kind, round, 'ours', m, digest, ref), window: [m.t0, m.tDst] };
+    return { ...result(kind, round, noThp ? 'ours-4k' : 'ours', m, digest, ref), window: [m.t0, m.tDst] };
   } finally {
     await Promise.all(peers.map((p) => p.stop()));
   }
@@ -193,7 +217,7 @@ function printRounds(kind: string, rs: RunResult[]): void {
     ['round', 'impl', 'total-time ms', 'wall ms', 'dest done ms', 'transferred MB', 'GB/s', 'wire GB/s', 'src cpu usr+sys ms', 'dst cpu usr+sys ms', 'dst faults', 'verified'],
     rs.map((r) => [
       `${r.round}`,
-      r.impl === 'qemu' ? 'QEMU→QEMU' : 'ours→ours',
+      LABEL[r.impl],
       `${r.totalTimeMs}`,
       r.wallMs.toFixed(1),
       r.destDoneMs.toFixed(1),
@@ -235,15 +259,17 @@ async function benchKind(kind: string, fill: (c: Buffer, off: number) => void): 
   console.log(`\n${kind}: source RAM file ${srcFile} sha256 ${ref.slice(0, 16)}… (${Date.now() - t} ms to make)`);
   const rs: RunResult[] = [];
   for (let round = 1; round <= ROUNDS; round++) {
-    // Interleaved, alternating which goes first.
-    const order: Impl[] = round % 2 ? ['qemu', 'ours'] : ['ours', 'qemu'];
+    // Interleaved, alternating the order.
+    const order = round % 2 ? [...IMPLS] : [...IMPLS].reverse();
     for (const impl of order) {
-      const r = impl === 'qemu' ? await runQemu(kind, round, srcFile, ref) : await runOurs(kind, round, srcFile, ref);
+      const r = impl.startsWith('qemu')
+        ? await runQemu(kind, round, srcFile, ref, impl === 'qemu-anon')
+        : await runOurs(kind, round, srcFile, ref, impl === 'ours-4k');
       rs.push(r);
       if (!r.verified) console.log(`  ${kind} round ${round} ${impl}: destination RAM differs from the source!`);
     }
   }
-  rs.sort((a, b) => a.round - b.round || a.impl.localeCompare(b.impl));
+  rs.sort((a, b) => a.round - b.round || IMPLS.indexOf(a.impl) - IMPLS.indexOf(b.impl));
   printRounds(kind, rs);
   return { rs, srcFile, ref };
 }
@@ -251,17 +277,26 @@ async function benchKind(kind: string, fill: (c: Buffer, off: number) => void): 
 function printSummary(all: Array<{ kind: string; rs: RunResult[] }>): void {
   const rows: string[][] = [];
   for (const { kind, rs } of all) {
-    const q = medians(rs, 'qemu');
-    const o = medians(rs, 'ours');
     const ok = (impl: Impl): string => {
       const m = rs.filter((r) => r.impl === impl);
       return `${m.filter((r) => r.verified).length}/${m.length}`;
     };
-    for (const [name, m, impl] of [['QEMU→QEMU', q, 'qemu'], ['ours→ours', o, 'ours']] as const) {
-      rows.push([kind, name, `${m.total}`, m.wall.toFixed(1), m.dest.toFixed(1), mb(m.transferred), gbps(RAM_BYTES, m.total), m.srcCpu.toFixed(0), m.dstCpu.toFixed(0), ok(impl)]);
+    const m = Object.fromEntries(IMPLS.map((impl) => [impl, medians(rs, impl)])) as Record<Impl, Medians>;
+    for (const impl of IMPLS) {
+      const v = m[impl];
+      rows.push([kind, LABEL[impl], `${v.total}`, v.wall.toFixed(1), v.dest.toFixed(1), mb(v.transferred), gbps(RAM_BYTES, v.total), v.srcCpu.toFixed(0), v.dstCpu.toFixed(0), ok(impl)]);
     }
     const x = (a: number, b: number): string => `${(a / b).toFixed(2)}×`;
-    rows.push([kind, 'ours/QEMU', x(o.total, q.total), x(o.wall, q.wall), x(o.dest, q.dest), x(o.transferred, q.transferred), '', x(o.srcCpu, q.srcCpu), x(o.dstCpu, q.dstCpu), '']);
+    const ratios: Array<[string, Impl, Impl]> = [
+      ['ours/QEMU', 'ours', 'qemu'],
+      ['ours/QEMU anon', 'ours', 'qemu-anon'],
+      ['ours 4K/QEMU', 'ours-4k', 'qemu'],
+    ];
+    for (const [name, a, b] of ratios) {
+      const o = m[a];
+      const q = m[b];
+      rows.push([kind, name, x(o.total, q.total), x(o.wall, q.wall), x(o.dest, q.dest), x(o.transferred, q.transferred), '', x(o.srcCpu, q.srcCpu), x(o.dstCpu, q.dstCpu), '']);
+    }
   }
   printTable(
     `Medians of ${ROUNDS} rounds (ratio > 1 = ours slower / more bytes / more CPU)`,
@@ -273,7 +308,7 @@ function printSummary(all: Array<{ kind: string; rs: RunResult[] }>): void {
 async function profileOurs(srcFile: string, ref: string): Promise<void> {
   const dir = tempPath(path.join(scratchDir, 'cpuprof'));
   fs.mkdirSync(dir, { recursive: true });
-  const r = await runOurs('random', 0, srcFile, ref, dir);
+  const r = await runOurs('random', 0, srcFile, ref, false, dir);
   console.log(`\nProfile: one more round of ours under node --cpu-prof: total-time ${r.totalTimeMs} ms, wall ${r.wallMs.toFixed(1)} ms, CPU usr+sys source ${cpu(r.srcCpu)} ms, destination ${cpu(r.dstCpu)} ms, verified ${r.verified ? 'ok' : 'MISMATCH'}`);
   const files = fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
   const from = Number(r.window[0] / 1000n);

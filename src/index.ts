@@ -15,6 +15,8 @@ export { parseVmdesc, splitDeviceState, findVmdescDevice, type Vmdesc, type Vmde
 /** Guest RAM blocks, dirty log and page bitmaps in the shared hot-path memory. */
 export { GuestMemory, RamBlock, RamAddressError, PageBitmap, DirtyLog } from './memory/index.js';
 export type { GuestMemoryDescriptor, RamBlockInfo, BitRun } from './memory/index.js';
+/** Transparent huge pages for RAM of your own (GuestMemory and the default destination allocator already advise theirs). */
+export { adviseHugePages, hugePagesAvailable, HUGE_PAGE_SIZE, type HugePageAdvice } from './memory/index.js';
 /** The decoding drill proxy with fault injection (`postcopy proxy`). */
 export { FaultProxy, type FaultProxyOptions, type FaultProxyEvents, type ProxyCut, type ProxyStats, type ConnState } from './proxy/proxy.js';
 export { type ProxyItem, type ProxyDirection, type ProxyFieldValue } from './proxy/decoder.js';

@@ -20,6 +20,7 @@ import { MigrationSource } from '../../src/source/source.js';
 import { PreemptDestination } from '../../src/preempt/destination.js';
 import { PreemptSource } from '../../src/preempt/source.js';
 import type { EngineRamBlock, SourceGuest } from '../../src/engine/ports.js';
+import { adviseHugePages } from '../../src/memory/huge-pages.js';
 import { TARGET_PAGE_SIZE } from '../../src/wire/constants.js';
 import type { CpuFigures } from './fault-stats.js';
 
@@ -100,8 +101,11 @@ function loopMonitor(): IntervalHistogram {
 
 const digest = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
+/** Guest RAM as the library allocates it: zeroed, advised for huge pages (unless POSTCOPY_NO_THP=1). */
 function block(ramBytes: number): EngineRamBlock {
-  return { idstr: IDSTR, usedLength: ramBytes, ramAddr: 0, bytes: new Uint8Array(ramBytes) };
+  const bytes = new Uint8Array(ramBytes);
+  adviseHugePages(bytes);
+  return { idstr: IDSTR, usedLength: ramBytes, ramAddr: 0, bytes };
 }
 
 /** A stopped guest: random RAM, nothing ever dirtied. */

@@ -57,8 +57,8 @@ export interface Peer {
 export const scratchDir = tempPath(fs.mkdtempSync(path.join(os.tmpdir(), 'postcopy-bench-')));
 let seq = 0;
 
-async function launch(name: string, cmd: string, args: string[], qmpPath: string): Promise<Peer> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+async function launch(name: string, cmd: string, args: string[], qmpPath: string, env?: NodeJS.ProcessEnv): Promise<Peer> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: env ?? process.env });
   children.add(child);
   let err = '';
   child.stderr!.setEncoding('utf8');
@@ -113,18 +113,22 @@ async function launch(name: string, cmd: string, args: string[], qmpPath: string
 /** Options of {@link startQemu}. */
 export interface QemuPeerOptions {
   ramBytes: number;
-  /** The RAM backing file (must exist with ramBytes bytes). */
-  memPath: string;
+  /**
+   * The RAM backing file (must exist with ramBytes bytes); without it, RAM is
+   * anonymous (memory-backend-ram), which QEMU advises for huge pages.
+   */
+  memPath?: string;
   incoming?: string;
 }
 
-/** Starts `qemu-system-x86_64 -M none -m SIZE -S` with file-backed, shared RAM. */
+/** Starts `qemu-system-x86_64 -M none -m SIZE -S` with file-backed, shared RAM (or anonymous RAM). */
 export function startQemu(o: QemuPeerOptions): Promise<Peer> {
   const qmpPath = path.join(scratchDir, `qemu-${++seq}.qmp`);
   const mb = `${o.ramBytes / (1 << 20)}M`;
   const args = [
     '-M', 'none,memory-backend=ram', '-m', mb, '-accel', 'tcg', '-display', 'none', '-nodefaults', '-S',
-    '-object', `memory-backend-file,id=ram,size=${o.ramBytes},mem-path=${o.memPath},share=on`,
+    '-object',
+    o.memPath ? `memory-backend-file,id=ram,size=${o.ramBytes},mem-path=${o.memPath},share=on` : `memory-backend-ram,id=ram,size=${o.ramBytes}`,
     '-qmp', `unix:${qmpPath},server=on,wait=off`,
   ];
   if (o.incoming) args.push('-incoming', o.incoming);
@@ -139,6 +143,8 @@ export interface VmPeerOptions {
   incoming?: string;
   /** Directory for `node --cpu-prof` output (profile written on a clean exit). */
   cpuProfDir?: string;
+  /** Keep guest RAM on 4 KiB pages (POSTCOPY_NO_THP=1). */
+  noThp?: boolean;
 }
 
 /** Starts `node bin/postcopy.js vm --machine none --ram SIZE -S`. */
@@ -150,7 +156,8 @@ export function startVm(o: VmPeerOptions): Promise<Peer> {
   const args = [...node, postcopyBin, 'vm', '--machine', 'none', '--ram', mb, '-S', '--qmp', `unix:${qmpPath}`];
   if (o.memPath) args.push('--mem-path', o.memPath);
   if (o.incoming) args.push('--incoming', o.incoming);
-  return launch(`vm#${seq}`, process.execPath, args, qmpPath);
+  const env = o.noThp ? { ...process.env, POSTCOPY_NO_THP: '1' } : undefined;
+  return launch(`vm#${seq}`, process.execPath, args, qmpPath, env);
 }
 
 /** Creates `file` with `size` bytes from `fill(chunk, offset)` (4 MiB chunks); returns its SHA-256 (hex). */

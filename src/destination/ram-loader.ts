@@ -9,6 +9,7 @@ import { ENCODING_FLAG_XBZRLE, RamFlag, TARGET_PAGE_SIZE } from '../wire/constan
 import type { ChannelReader } from '../engine/bytes.js';
 import type { EngineRamBlock, PageBits, PageOps } from '../engine/ports.js';
 import { testBit } from './faults.js';
+import { adviseHugePages } from '../memory/huge-pages.js';
 
 const TP = TARGET_PAGE_SIZE;
 /** Longest synchronous stretch of page loading before yielding, ms (precopy). */
@@ -20,14 +21,12 @@ const TWO_32 = 0x100000000;
 /** Creates a block when the destination adopts the source's RAM layout. */
 export type BlockAllocator = (idstr: string, usedLength: number, ramAddr: number) => EngineRamBlock;
 
-/** Default allocator: ordinary zeroed memory. */
-export const plainBlockAllocator: BlockAllocator = (idstr, usedLength, ramAddr) => ({
-  idstr,
-  usedLength,
-  ramAddr,
-  bytes: new Uint8Array(usedLength),
-  zeroed: true,
-});
+/** Default allocator: ordinary zeroed memory, advised for huge pages. */
+export const plainBlockAllocator: BlockAllocator = (idstr, usedLength, ramAddr) => {
+  const bytes = new Uint8Array(usedLength);
+  adviseHugePages(bytes);
+  return { idstr, usedLength, ramAddr, bytes, zeroed: true };
+};
 
 /** Incoming RAM state of one migration. */
 export class RamLoader {

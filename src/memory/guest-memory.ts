@@ -6,6 +6,7 @@
 import { Hotpath } from '../hotpath/hotpath.js';
 import { TARGET_PAGE_SIZE } from '../wire/constants.js';
 import { DirtyLog } from './dirty-log.js';
+import { adviseHugePages, HUGE_PAGE_SIZE } from './huge-pages.js';
 import { PageBitmap } from './page-bitmap.js';
 import { RamAddressError, RamBlock, type RamBlockInfo } from './ram-block.js';
 
@@ -61,7 +62,10 @@ export class GuestMemory {
     const logs = new Map<string, number>();
     let ramAddr = 0;
     for (const info of checked) {
-      const base = hp.alloc(info.usedLength, Math.max(info.pageSize, TARGET_PAGE_SIZE));
+      // Blocks of whole huge pages start on a huge page, so all of them can be advised.
+      const align = info.usedLength >= HUGE_PAGE_SIZE ? HUGE_PAGE_SIZE : Math.max(info.pageSize, TARGET_PAGE_SIZE);
+      const base = hp.alloc(info.usedLength, align);
+      adviseHugePages(new Uint8Array(hp.memory.buffer, base, info.usedLength));
       const block = new RamBlock(hp, info, base, ramAddr);
       blocks.push(block);
       ramAddr += info.usedLength;
