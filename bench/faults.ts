@@ -25,8 +25,13 @@
  * (nice value of both peers; default: inherited), --profile (one more
  * round of the first design with both peers under node --cpu-prof, a
  * phase summarised by layer and function; --profile-phase idle|loaded,
- * default loaded; --profile-interval µs, the sampling interval). The RESULT line
+ * default loaded; --profile-interval µs, the sampling interval), --no-floor
+ * (skip measuring Node alone first; --quick skips it too). The RESULT line
  * is that of the last run.
+ *
+ * First, unless skipped, Node alone on this host in the same run
+ * (lib/node-loopback.ts): a bulk stream and a request/reply round trip
+ * between two processes with no migration code, printed beside the targets.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
@@ -34,6 +39,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import { printTable } from './lib/timing.js';
+import { measureNodeLoopback, type LoopbackFigures } from './lib/node-loopback.js';
 import { summariseProfile } from './lib/profile.js';
 import type { DestPeerResult, PeerCommand, PeerEvent, SourcePeerResult } from './lib/fault-peer.js';
 import {
@@ -64,6 +70,7 @@ const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
 /** --priority N: run both peers at this nice value (root may go below 0) to shield the figures from other load. */
 const PRIORITY = opt('--priority') === undefined ? undefined : Number(opt('--priority'));
 const PROFILE = argv.includes('--profile');
+const NO_FLOOR = argv.includes('--no-floor') || quick;
 /** --profile-phase idle|loaded (default loaded): the phase the profile summary covers. */
 const PROFILE_PHASE = opt('--profile-phase') === 'idle' ? 'idle' : 'loaded';
 /** --profile-interval µs: the sampling interval of --cpu-prof (node's default is 1000). */
@@ -184,7 +191,23 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
   }
 }
 
-function report(r: FaultBenchResult): void {
+function reportFloor(f: LoopbackFigures): void {
+  printTable(
+    'Node alone on this host, same run (two processes, TCP loopback, no migration code): the floor of one event loop per process',
+    ['what', 'figure'],
+    [
+      ['bulk stream, 1 MiB writes, read with data events, copied into a prefaulted ring', `${f.streamDataGBps.toFixed(2)} GB/s`],
+      ['bulk stream, read into a reused buffer (onread)', `${f.streamOnreadGBps.toFixed(2)} GB/s`],
+      ['request/reply 16 B → 4 KiB, idle: p50 / p99 / max', `${fmtUs(f.idle.p50Us)} / ${fmtUs(f.idle.p99Us)} / ${fmtUs(f.idle.maxUs)}`],
+      [
+        'same, a bulk stream at full speed between the same processes on another connection: p50 / p99 / max (bulk rate)',
+        `${fmtUs(f.loaded.p50Us)} / ${fmtUs(f.loaded.p99Us)} / ${fmtUs(f.loaded.maxUs)} (${f.loaded.bulkGBps.toFixed(2)} GB/s)`,
+      ],
+    ],
+  );
+}
+
+function report(r: FaultBenchResult, floor?: LoopbackFigures): void {
   const row = (name: string, l: LatencySummary): string[] => [name, `${l.count}`, fmtUs(l.p50Us), fmtUs(l.p99Us), fmtUs(l.maxUs), fmtUs(l.meanUs)];
   printTable(
     `Fault round trip (ensure() of a missing page → page in place and the faulting code resumed), design ${r.design}`,
@@ -211,10 +234,18 @@ function report(r: FaultBenchResult): void {
     c.loopDelayP50Ms === undefined ? '-' : `${c.loopDelayP50Ms.toFixed(2)} / ${c.loopDelayP99Ms!.toFixed(2)} / ${c.loopDelayMaxMs!.toFixed(1)} ms`;
   console.log(`event-loop delay in the loaded phase, p50 / p99 / max: source ${loop(r.sourceCpu)}, destination ${loop(r.destCpu)}`);
   console.log(`statuses: source ${r.sourceStatus}, destination ${r.destStatus}; destination RAM ${r.ramEqual ? 'equal to' : 'DIFFERS from'} the source's`);
+  // Node alone, same run: the naive floor (bulk and requests in the same event loops) for each figure.
+  const alone: Record<string, string> = floor
+    ? {
+        'loaded p50': fmtUs(floor.loaded.p50Us),
+        'loaded p99': fmtUs(floor.loaded.p99Us),
+        background: `${floor.streamDataGBps.toFixed(2)} GB/s (onread ${floor.streamOnreadGBps.toFixed(2)})`,
+      }
+    : {};
   printTable(
     'Targets (issue 4 §6)',
-    ['figure', 'target', 'measured', ''],
-    targetChecks(r).map((t) => [t.what, t.target, t.value, t.met ? 'met' : 'NOT met']),
+    ['figure', 'target', 'measured', '', 'Node alone, same run'],
+    targetChecks(r).map((t) => [t.what, t.target, t.value, t.met ? 'met' : 'NOT met', alone[t.what] ?? '-']),
   );
 }
 
@@ -268,6 +299,8 @@ async function main(): Promise<number> {
   console.log(
     `bench:faults — ${RAM_BYTES / MiB} MiB random RAM, stopped source, postcopy at once, tcp loopback, source and destination in separate processes, design ${DESIGNS.join(', ')}, ${ROUNDS} round(s)${PRIORITY === undefined ? '' : `, peers at nice ${PRIORITY}`}`,
   );
+  const floor = NO_FLOOR ? undefined : await measureNodeLoopback(RAM_BYTES);
+  if (floor) reportFloor(floor);
   const all: FaultBenchResult[] = [];
   let ok = true;
   for (let round = 1; round <= ROUNDS; round++) {
@@ -275,7 +308,7 @@ async function main(): Promise<number> {
     for (const design of order) {
       const r = await runOnce(design);
       if (ROUNDS > 1 || DESIGNS.length > 1) console.log(`\n== round ${round}, design ${design}`);
-      report(r);
+      report(r, floor);
       all.push(r);
       ok &&= r.sourceStatus === 'completed' && r.destStatus === 'completed' && r.ramEqual;
     }

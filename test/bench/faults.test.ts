@@ -76,7 +76,7 @@ describe('bench:faults run (32 MiB, baseline then preempt)', () => {
       );
     });
     expect(out.match(/^idle \(background ~0\)/gm)).toHaveLength(2);
-    expect(out).toMatch(/^loaded p50 .*(met|NOT met)$/m);
+    expect(out).toMatch(/^loaded p50 .*  (met|NOT met)  +(-|\d.*)$/m); // then the "Node alone" column (- with --quick)
     expect(out).toMatch(/^Medians over 1 rounds per design\n.*\n.*\nbaseline .*\npreempt /m);
     // The RESULT is the last run's: the preempt design, whose requested pages went on the preempt channel.
     const r = parseResult(out);
@@ -100,4 +100,19 @@ describe('bench:faults run (32 MiB, baseline then preempt)', () => {
     expect(r.destStats.p50Us).toBeLessThanOrEqual(r.destStats.p99Us);
     expect(r.destStats.p99Us).toBeLessThanOrEqual(r.destStats.maxUs);
   });
+});
+
+describe('Node alone on this host (bench/lib/node-loopback, built)', () => {
+  it('measures both streams and both round-trip rows with well-formed figures', async () => {
+    const mod = (await import(path.join(ROOT, 'dist/bench/lib/node-loopback.js'))) as typeof import('../../bench/lib/node-loopback.js');
+    const f = await mod.measureNodeLoopback(32 << 20, 200);
+    expect(f.streamDataGBps).toBeGreaterThan(0);
+    expect(f.streamOnreadGBps).toBeGreaterThan(0);
+    for (const [name, l] of [['idle', f.idle], ['loaded', f.loaded]] as const) {
+      expect(l.count, name).toBe(200);
+      consistent(name, l);
+    }
+    // the bulk stream really ran during the loaded round trips
+    expect(f.loaded.bulkGBps).toBeGreaterThan(0);
+  }, 60_000);
 });

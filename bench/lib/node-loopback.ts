@@ -1,0 +1,227 @@
+/**
+ * Node alone on this host, measured in the same run as a benchmark: what two
+ * Node processes reach over TCP loopback with no migration code at all. It
+ * is the floor a design with one event loop per process stands on, read
+ * beside our figures (LIMITS.md has the same rows from another day; this
+ * machine kind varies several-fold with its host).
+ *
+ * Rows: a bulk stream (1 MiB writes; the receiver copies every chunk into a
+ * prefaulted ring, as a loader places pages) with 'data' events and with a
+ * reused read buffer (onread); a request/reply round trip (16 B → 4 KiB, as
+ * a page request and its page) idle, and while a bulk stream runs between
+ * the same two processes on another connection (the shape of postcopy with
+ * a preempt channel).
+ *
+ * The module is also the peer: forked with the argument `peer`.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { adviseHugePages } from '../../src/memory/huge-pages.js';
+import { summarise, type LatencySummary } from './fault-stats.js';
+
+const MiB = 1 << 20;
+const REQ = 16;
+const REPLY = 4096;
+const RING = 64 * MiB;
+
+export interface LoopbackFigures {
+  /** GB/s of a bulk stream read with 'data' events. */
+  streamDataGBps: number;
+  /** GB/s of a bulk stream read into a reused buffer (onread). */
+  streamOnreadGBps: number;
+  idle: LatencySummary;
+  /** Round trips while a bulk stream runs between the same processes; bulkGBps is its rate meanwhile. */
+  loaded: LatencySummary & { bulkGBps: number };
+}
+
+type RoundTrips = LatencySummary;
+
+type PeerCommand =
+  | { cmd: 'listen' }
+  | { cmd: 'stream'; port: number; bytes: number; onread: boolean }
+  | { cmd: 'rr'; port: number; n: number; bulk: boolean };
+
+type PeerReply = { port: number } | { ms: number; bytes: number } | (RoundTrips & { bulkBytes: number; bulkMs: number });
+
+// ------------------------------------------------------------------ the peer
+
+const ring = (): Uint8Array => {
+  const r = new Uint8Array(RING);
+  adviseHugePages(r);
+  r.fill(1); // prefaulted: placing costs a copy, not a page fault
+  return r;
+};
+
+/** Serves both kinds of connection: 'S' + u64 = send that many bytes; 'R' = a 4 KiB reply per 16 bytes. */
+function listen(): Promise<number> {
+  const chunk = Buffer.alloc(MiB, 0x5a);
+  const reply = Buffer.alloc(REPLY, 0xa5);
+  const srv = net.createServer({ noDelay: true }, (s) => {
+    s.on('error', () => undefined);
+    let head = Buffer.alloc(0);
+    let kind = '';
+    let pending = 0;
+    s.on('data', (d: Buffer) => {
+      if (!kind) {
+        head = Buffer.concat([head, d]);
+        if (head.length < 9) return;
+        kind = String.fromCharCode(head[0]!);
+        d = head.subarray(9);
+        if (kind === 'S') {
+          let left = Number(head.readBigUInt64BE(1));
+          const pump = (): void => {
+            while (left > 0 && !s.destroyed) {
+              const n = Math.min(left, chunk.length);
+              left -= n;
+              if (!s.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+                s.once('drain', pump);
+                return;
+              }
+            }
+            if (left === 0) s.end();
+          };
+          pump();
+          return;
+        }
+      }
+      if (kind === 'R') {
+        pending += d.length;
+        while (pending >= REQ) {
+          pending -= REQ;
+          s.write(reply);
+        }
+      }
+    });
+  });
+  return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve((srv.address() as net.AddressInfo).port)));
+}
+
+function header(kind: 'S' | 'R', bytes = 0): Buffer {
+  const h = Buffer.alloc(9);
+  h.write(kind, 0, 'latin1');
+  h.writeBigUInt64BE(BigInt(bytes), 1);
+  return h;
+}
+
+/** Receives `bytes` (or until stopped) and copies them into the ring; resolves with the time and bytes. */
+function stream(port: number, bytes: number, onread: boolean, stop?: Promise<void>): Promise<{ ms: number; bytes: number }> {
+  const r = ring();
+  let at = 0;
+  let got = 0;
+  const place = (b: Uint8Array): void => {
+    if (at + b.length > RING) at = 0;
+    r.set(b, at);
+    at += b.length;
+    got += b.length;
+  };
+  const userBuf = Buffer.alloc(64 * 1024);
+  const opts: net.NetConnectOpts = { port, host: '127.0.0.1' };
+  if (onread) Object.assign(opts, { onread: { buffer: userBuf, callback: (n: number, b: Buffer) => place(b.subarray(0, n)) } });
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const s = net.connect(opts, () => s.write(header('S', bytes)));
+    if (!onread) s.on('data', place);
+    const done = (): void => resolve({ ms: performance.now() - t0, bytes: got });
+    s.on('end', done);
+    s.on('error', reject);
+    void stop?.then(() => {
+      s.destroy();
+      done();
+    });
+  });
+}
+
+async function roundTrips(port: number, n: number, bulk: boolean): Promise<RoundTrips & { bulkBytes: number; bulkMs: number }> {
+  let stopBulk: () => void = () => undefined;
+  const stopped = new Promise<void>((r) => (stopBulk = r));
+  let bulkRun: Promise<{ ms: number; bytes: number }> | undefined;
+  if (bulk) {
+    bulkRun = stream(port, 2 ** 50, false, stopped);
+    await new Promise((r) => setTimeout(r, 200)); // the stream at full speed first
+  }
+  const s = net.connect({ port, host: '127.0.0.1', noDelay: true });
+  await new Promise<void>((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
+  s.write(header('R'));
+  const req = Buffer.alloc(REQ, 1);
+  const times: number[] = [];
+  let have = 0;
+  let sent = 0n;
+  let wake: (() => void) | undefined;
+  s.on('data', (d: Buffer) => {
+    have += d.length;
+    if (have >= REPLY) {
+      have -= REPLY;
+      times.push(Number(process.hrtime.bigint() - sent) / 1000);
+      wake?.();
+    }
+  });
+  for (let i = 0; i < n; i++) {
+    const got = new Promise<void>((r) => (wake = r));
+    sent = process.hrtime.bigint();
+    s.write(req);
+    await got;
+  }
+  s.destroy();
+  stopBulk();
+  const b = bulkRun ? await bulkRun : { bytes: 0, ms: 0 };
+  return { ...summarise(times), bulkBytes: b.bytes, bulkMs: b.ms };
+}
+
+if (process.argv[2] === 'peer') {
+  process.on('disconnect', () => process.exit(0));
+  process.on('message', (m: PeerCommand) => {
+    const run = async (): Promise<PeerReply> => {
+      if (m.cmd === 'listen') return { port: await listen() };
+      if (m.cmd === 'stream') return stream(m.port, m.bytes, m.onread);
+      return roundTrips(m.port, m.n, m.bulk);
+    };
+    run().then(
+      (r) => process.send!(r),
+      (e: unknown) => process.send!({ error: String(e) }),
+    );
+  });
+}
+
+// ------------------------------------------------------------ orchestration
+
+function ask<T extends PeerReply>(child: ChildProcess, cmd: PeerCommand): Promise<T> {
+  return new Promise((resolve, reject) => {
+    child.once('message', (m: T | { error: string }) => ('error' in m ? reject(new Error(m.error)) : resolve(m)));
+    child.send(cmd);
+  });
+}
+
+/** Measures the rows of the module comment with two forked peers; `bytes` per stream row. */
+export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000): Promise<LoopbackFigures> {
+  const file = fileURLToPath(import.meta.url);
+  const server = fork(file, ['peer'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const client = fork(file, ['peer'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  try {
+    const { port } = await ask<{ port: number }>(server, { cmd: 'listen' });
+    // Each stream twice, the faster kept: the first run also warms up the JIT.
+    const best = async (onread: boolean): Promise<{ ms: number; bytes: number }> => {
+      const a = await ask<{ ms: number; bytes: number }>(client, { cmd: 'stream', port, bytes, onread });
+      const b = await ask<{ ms: number; bytes: number }>(client, { cmd: 'stream', port, bytes, onread });
+      return a.ms < b.ms ? a : b;
+    };
+    const data = await best(false);
+    const onread = await best(true);
+    const idle = await ask<RoundTrips & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: false });
+    const loaded = await ask<RoundTrips & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: true });
+    const gbps = (b: number, ms: number): number => b / 1e6 / ms;
+    const strip = ({ count, p50Us, p99Us, maxUs, meanUs }: RoundTrips): RoundTrips => ({ count, p50Us, p99Us, maxUs, meanUs });
+    return {
+      streamDataGBps: gbps(data.bytes, data.ms),
+      streamOnreadGBps: gbps(onread.bytes, onread.ms),
+      idle: strip(idle),
+      loaded: { ...strip(loaded), bulkGBps: gbps(loaded.bulkBytes, loaded.bulkMs) },
+    };
+  } finally {
+    server.kill();
+    client.kill();
+  }
+}
