@@ -45,11 +45,19 @@ export function hugePagesAvailable(): boolean {
 /**
  * Asks the kernel to back `view` with transparent huge pages where it holds
  * whole 2 MiB pages. Returns what was advised, or undefined when huge pages
- * are not available here. Advice only: contents and addresses do not change.
+ * are not available here. Advice only: contents and addresses do not change,
+ * and a kernel that refuses it (built without THP: madvise fails with EINVAL)
+ * costs nothing but the advice, which is not asked for again.
  */
 export function adviseHugePages(view: Uint8Array): HugePageAdvice | undefined {
   const n = load();
-  return n ? n.advise(view) : undefined;
+  if (!n) return undefined;
+  try {
+    return n.advise(view);
+  } catch {
+    native = null;
+    return undefined;
+  }
 }
 
 /** Where `view`'s first byte lives in this process (undefined without the native helper). */

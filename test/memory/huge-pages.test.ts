@@ -101,6 +101,32 @@ describe('huge pages for guest RAM', () => {
     });
   });
 
+  it.skipIf(!built)('a kernel that refuses the advice (no THP: EINVAL) leaves RAM usable on 4 KiB pages and is not asked again', async () => {
+    vi.resetModules();
+    let calls = 0;
+    vi.doMock('node:module', async (orig) => {
+      const real = await orig<typeof import('node:module')>();
+      const createRequire = (url: string | URL) => () => ({
+        advise: () => {
+          calls++;
+          throw new Error('Invalid argument');
+        },
+        address: () => 0,
+      });
+      return { ...real, createRequire, default: { ...real, createRequire } };
+    });
+    try {
+      const fresh = await import('../../src/memory/huge-pages.js');
+      expect(fresh.adviseHugePages(new Uint8Array(4 * MiB))).toBeUndefined();
+      expect(fresh.adviseHugePages(new Uint8Array(4 * MiB))).toBeUndefined();
+      expect(calls).toBe(1);
+      expect(fresh.hugePagesAvailable()).toBe(false);
+    } finally {
+      vi.doUnmock('node:module');
+      vi.resetModules();
+    }
+  });
+
   it('POSTCOPY_NO_THP=1 turns the advice off', async () => {
     vi.resetModules();
     process.env.POSTCOPY_NO_THP = '1';
