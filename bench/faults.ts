@@ -226,7 +226,10 @@ function report(r: FaultBenchResult, floor?: LoopbackFigures): void {
   console.log(
     `background: ${(r.loadedBytes / 1e6).toFixed(0)} MB in ${r.loadedMs.toFixed(0)} ms = ${r.backgroundGBps.toFixed(2)} GB/s; source served ${r.postcopyRequests} requests (${r.ignoredRequests} pages already sent, ${r.preemptPages} pages on the preempt channel)`,
   );
-  const pct = (c: { userMs: number; sysMs: number }): string => `${(((c.userMs + c.sysMs) / r.loadedMs) * 100).toFixed(0)} %`;
+  const share = (ms: number): string => `${((ms / r.loadedMs) * 100).toFixed(0)} %`;
+  const pct = (c: FaultBenchResult['sourceCpu']): string =>
+    share(c.userMs + c.sysMs) +
+    (c.mainThreadMs === undefined ? '' : ` (main thread ${share(c.mainThreadMs)}, other threads ${share(c.otherThreadsMs!)})`);
   console.log(
     `machine load: load average ${r.loadAvg[0].toFixed(1)} → ${r.loadAvg[1].toFixed(1)} on ${r.cpus} CPUs; during the loaded phase the machine was ${r.machineBusyPct.toFixed(0)} % busy, source process ${pct(r.sourceCpu)} of a CPU, destination ${pct(r.destCpu)}`,
   );

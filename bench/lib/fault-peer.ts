@@ -13,6 +13,7 @@
  *   then (on 'go') the loaded phase until the migration completes.
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { MigrationDestination } from '../../src/destination/destination.js';
@@ -81,13 +82,36 @@ export interface DestPeerResult {
 const send = (m: PeerEvent): void => void process.send!(m);
 const monoUs = (): number => Number(process.hrtime.bigint() / 1000n);
 
-function cpuSince(c0: NodeJS.CpuUsage, loop?: IntervalHistogram): CpuFigures {
+/** CPU time (user + system, ms, clock-tick resolution) of the main thread and of all other threads (V8's GC and compiler helpers, libuv). */
+function threadCpu(): { mainMs: number; otherMs: number } {
+  const tick = 10; // ms: Linux's USER_HZ is 100
+  let mainMs = 0;
+  let otherMs = 0;
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    // fields after "(comm)": state is the 3rd field, utime and stime the 14th and 15th
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ms = (Number(f[11]) + Number(f[12])) * tick;
+    if (Number(tid) === process.pid) mainMs += ms;
+    else otherMs += ms;
+  }
+  return { mainMs, otherMs };
+}
+
+function cpuSince(c0: NodeJS.CpuUsage, loop?: IntervalHistogram, t0?: { mainMs: number; otherMs: number }): CpuFigures {
   const d = process.cpuUsage(c0);
   loop?.disable();
   const ms = (ns: number): number => ns / 1e6;
+  const t = t0 && threadCpu();
   return {
     userMs: d.user / 1000,
     sysMs: d.system / 1000,
+    ...(t && t0 && { mainThreadMs: t.mainMs - t0.mainMs, otherThreadsMs: t.otherMs - t0.otherMs }),
     ...(loop && { loopDelayP50Ms: ms(loop.percentile(50)), loopDelayP99Ms: ms(loop.percentile(99)), loopDelayMaxMs: ms(loop.max) }),
   };
 }
@@ -170,10 +194,12 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   // The destination takes the second connection as the preempt channel.
   if (src instanceof PreemptSource) src.setPreemptChannel(await connect());
   let c0 = process.cpuUsage();
+  let th0 = threadCpu();
   let loop: IntervalHistogram | undefined;
   onCommand = (c) => {
     if (c.cmd !== 'fullSpeed') return;
     c0 = process.cpuUsage();
+    th0 = threadCpu();
     loop = loopMonitor();
     // preempt-paced: the background paced (max-postcopy-bandwidth) instead of unlimited.
     const paced = /paced(\d+)?/.exec(init.design);
@@ -183,7 +209,7 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   const done = src.migrate(sock);
   src.startPostcopy();
   const status = await done;
-  const cpu = cpuSince(c0, loop);
+  const cpu = cpuSince(c0, loop, th0);
   const info = src.queryMigrate();
   send({
     ev: 'sourceResult',
@@ -287,6 +313,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   // Loaded phase: the background at full speed until the migration completes.
   recordLegs = true;
   const c0 = process.cpuUsage();
+  const th0 = threadCpu();
   const loop = loopMonitor();
   const bytes0 = sock.bytesRead;
   const t0 = performance.now();
@@ -307,7 +334,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   }
   // The background goes on to the end: its rate covers the whole phase.
   const status = await loaded;
-  const cpu = cpuSince(c0, loop);
+  const cpu = cpuSince(c0, loop, th0);
   const st = dest.faultStats();
   send({
     ev: 'destResult',

@@ -41,6 +41,9 @@ export interface CpuFigures {
   loopDelayP50Ms?: number;
   loopDelayP99Ms?: number;
   loopDelayMaxMs?: number;
+  /** CPU of the main thread and of the process's other threads (GC and compiler helpers, libuv), ms. */
+  mainThreadMs?: number;
+  otherThreadsMs?: number;
 }
 
 /** What one run measured. */
