@@ -1,9 +1,12 @@
 /**
  * `inspect` on a real QEMU 7.2 XBZRLE precopy stream: the test guest
  * (test/guest) rewrites pages while QEMU migrates into a file with
- * `exec:cat`, so later passes carry XBZRLE records. The stopped source's RAM
- * file is the truth the rebuilt RAM must equal (the guest flushes its TLB
- * entries, so QEMU 7.2's TCG dirty-tracking bug does not bite, SPEC §13).
+ * `exec:cat`, so later passes carry XBZRLE records. The truth the rebuilt RAM
+ * must equal is what a real QEMU destination loads from the same file: the
+ * stopped source's RAM is not, because QEMU 7.2 under TCG can leave a page
+ * written late out of its own stream (SPEC §13; the guest's invlpg narrows
+ * that window, and full-suite CI runs still saw it twice). How far the
+ * stream is from the stopped source is printed, pages and addresses.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
@@ -11,15 +14,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { inspectStream } from '../../src/inspect/inspect.js';
 import type { InspectResult } from '../../src/inspect/types.js';
-import { DEFAULT_GUEST_PARAMS, type GuestParams } from '../guest/check.js';
+import { DEFAULT_GUEST_PARAMS, diffPages, type GuestParams } from '../guest/check.js';
 import { startGuestVm, type GuestVm } from '../guest/vm.js';
 import { hasQemu, qemuSkipReason, waitForStatus } from './harness/index.js';
 
 const PARAMS: GuestParams = { ...DEFAULT_GUEST_PARAMS, size: 8 << 20, n: 64, report: 4 };
 
 let vm: GuestVm | undefined;
+let dst: GuestVm | undefined;
 afterAll(async () => {
   await vm?.destroy();
+  await dst?.destroy();
 });
 
 describe.skipIf(!hasQemu)(`inspect on a real QEMU XBZRLE stream ${qemuSkipReason}`, () => {
@@ -47,9 +52,12 @@ describe.skipIf(!hasQemu)(`inspect on a real QEMU XBZRLE stream ${qemuSkipReason
     info = await waitForStatus(qmp, 'completed', 30_000);
     while (!fs.existsSync(file)) await new Promise((res) => setTimeout(res, 20));
     r = await inspectStream(fs.createReadStream(file));
+    // The same bytes into a real QEMU 7.2 destination.
+    dst = await startGuestVm({ params: PARAMS, ramMiB: 32, incoming: `exec:cat ${file}`, paused: true });
+    await waitForStatus(dst.qmp, 'completed', 30_000);
   }, 90_000);
 
-  it('decodes XBZRLE records and rebuilds RAM equal to the stopped source', () => {
+  it('decodes XBZRLE records and rebuilds RAM equal to what a real QEMU destination loads from the same stream', () => {
     const cache = info['xbzrle-cache'] as Record<string, number>;
     expect(cache['pages']).toBeGreaterThan(0);
     expect(r.pages.xbzrle).toBeGreaterThan(0);
@@ -59,7 +67,16 @@ describe.skipIf(!hasQemu)(`inspect on a real QEMU XBZRLE stream ${qemuSkipReason
     expect(r.pages.zero).toBe(ram['duplicate']);
     const main = r.ramBlocks.find((b) => b.usedLength === 32 << 20)!;
     expect(main).toBeDefined();
-    expect(main.sha256).toBe(createHash('sha256').update(vm!.readRam()).digest('hex'));
+    const loaded = dst!.readRam();
+    expect(main.sha256).toBe(createHash('sha256').update(loaded).digest('hex'));
+    const source = vm!.readRam();
+    const lost = diffPages(source, loaded, 0, source.length);
+    const inSet = diffPages(source, loaded, PARAMS.start, PARAMS.size);
+    console.log(
+      lost.pages === 0
+        ? 'the stream carries the stopped source RAM exactly'
+        : `QEMU 7.2's stream misses ${lost.pages} pages of the stopped source (${inSet.pages} in the working set), first at 0x${lost.firstAddress.toString(16)}: SPEC §13`,
+    );
     expect(r.sections.filter((s) => s.kind === 'part').length).toBeGreaterThan(1);
     expect(r.eof).toBe(true);
     expect(r.devices.every((d) => d.split === 'vmdesc')).toBe(true);
