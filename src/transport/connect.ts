@@ -5,10 +5,9 @@
  * Connection refused", "address resolution failed for h:1: Name or service
  * not known", "File descriptor named 'x' has not been found".
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import { Duplex } from 'node:stream';
 import { toChannel, type Channel } from './channel.js';
+import { commandDuplex, killGroup, spawnCommand } from './exec.js';
 import { takeFd } from './fds.js';
 import { inetLabel, parseMigrationUri, TransportError, type MigrationUri } from './uri.js';
 
@@ -83,29 +82,19 @@ function connectSocket(u: MigrationUri & { kind: 'tcp' | 'unix' }, signal?: Abor
   });
 }
 
-/** Kill an exec child and everything it started (its own process group). */
-export function killGroup(child: ChildProcess): void {
-  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-  try {
-    process.kill(-child.pid, 'SIGTERM');
-  } catch {
-    child.kill('SIGTERM');
-  }
-}
-
 /**
  * Run `command` with /bin/sh -c (in its own process group); the channel writes to its stdin and reads
  * from its stdout (stderr is inherited). Shutdown kills the child; close()
  * ends stdin and waits for it to exit.
  */
 export function execChannel(command: string): Channel {
-  const child = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
+  const child = spawnCommand(command);
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null) resolve();
     child.once('exit', () => resolve());
     child.once('error', () => resolve());
   });
-  const duplex = Duplex.from({ readable: child.stdout, writable: child.stdin });
+  const duplex = commandDuplex(child);
   child.stdin.on('error', (e: NodeJS.ErrnoException) => {
     duplex.destroy(new TransportError(`Unable to write to command: ${errnoText(e)}`, { cause: e }));
   });

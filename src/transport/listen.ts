@@ -5,14 +5,13 @@
  * Errors are QEMU 7.2's texts ("Failed to find an available port: Address
  * already in use", "Failed to bind socket to PATH: No such file or directory").
  */
-import { spawn } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
 import { existsSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import net from 'node:net';
-import { Duplex } from 'node:stream';
 import { toChannel, type Channel } from './channel.js';
-import { errnoText, killGroup, socketChannel } from './connect.js';
+import { errnoText, socketChannel } from './connect.js';
+import { commandDuplex, killGroup, spawnCommand } from './exec.js';
 import { takeFd } from './fds.js';
 import { parseMigrationUri, TransportError, type SocketAddress } from './uri.js';
 
@@ -122,8 +121,8 @@ function socketListener(uri: string, servers: net.Server[], kind: 'tcp' | 'unix'
 
 function execListener(uri: string, command: string): Listener {
   const queue = new Queue();
-  const child = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
-  const duplex = Duplex.from({ readable: child.stdout, writable: child.stdin });
+  const child = spawnCommand(command);
+  const duplex = commandDuplex(child);
   child.stdin.on('error', () => {});
   child.once('error', (e) => duplex.destroy(new TransportError(`Unable to run command: ${errnoText(e)}`, { cause: e })));
   queue.push(
