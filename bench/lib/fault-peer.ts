@@ -22,6 +22,7 @@ import { PreemptDestination } from '../../src/preempt/destination.js';
 import { PreemptSource } from '../../src/preempt/source.js';
 import type { EngineRamBlock, SourceGuest } from '../../src/engine/ports.js';
 import { adviseHugePages } from '../../src/memory/huge-pages.js';
+import { statCounters } from './proc-stat.js';
 import { TARGET_PAGE_SIZE } from '../../src/wire/constants.js';
 import type { CpuFigures } from './fault-stats.js';
 
@@ -84,21 +85,13 @@ const monoUs = (): number => Number(process.hrtime.bigint() / 1000n);
 
 /** CPU time (user + system, ms, clock-tick resolution) of the main thread and of all other threads (V8's GC and compiler helpers, libuv). */
 function threadCpu(): { mainMs: number; otherMs: number } {
-  const tick = 10; // ms: Linux's USER_HZ is 100
   let mainMs = 0;
   let otherMs = 0;
   for (const tid of fs.readdirSync('/proc/self/task')) {
-    let stat: string;
-    try {
-      stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-    } catch {
-      continue; // the thread ended meanwhile
-    }
-    // fields after "(comm)": state is the 3rd field, utime and stime the 14th and 15th
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ms = (Number(f[11]) + Number(f[12])) * tick;
-    if (Number(tid) === process.pid) mainMs += ms;
-    else otherMs += ms;
+    const c = statCounters(`/proc/self/task/${tid}/stat`);
+    if (!c) continue; // the thread ended meanwhile
+    if (Number(tid) === process.pid) mainMs += c.userMs + c.sysMs;
+    else otherMs += c.userMs + c.sysMs;
   }
   return { mainMs, otherMs };
 }

@@ -35,14 +35,12 @@ export interface LoopbackFigures {
   loaded: LatencySummary & { bulkGBps: number };
 }
 
-type RoundTrips = LatencySummary;
-
 type PeerCommand =
   | { cmd: 'listen' }
   | { cmd: 'stream'; port: number; bytes: number; onread: boolean }
   | { cmd: 'rr'; port: number; n: number; bulk: boolean };
 
-type PeerReply = { port: number } | { ms: number; bytes: number } | (RoundTrips & { bulkBytes: number; bulkMs: number });
+type PeerReply = { port: number } | { ms: number; bytes: number } | (LatencySummary & { bulkBytes: number; bulkMs: number });
 
 // ------------------------------------------------------------------ the peer
 
@@ -132,7 +130,7 @@ function stream(port: number, bytes: number, onread: boolean, stop?: Promise<voi
   });
 }
 
-async function roundTrips(port: number, n: number, bulk: boolean): Promise<RoundTrips & { bulkBytes: number; bulkMs: number }> {
+async function roundTrips(port: number, n: number, bulk: boolean): Promise<LatencySummary & { bulkBytes: number; bulkMs: number }> {
   let stopBulk: () => void = () => undefined;
   const stopped = new Promise<void>((r) => (stopBulk = r));
   let bulkRun: Promise<{ ms: number; bytes: number }> | undefined;
@@ -210,10 +208,10 @@ export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000
     };
     const data = await best(false);
     const onread = await best(true);
-    const idle = await ask<RoundTrips & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: false });
-    const loaded = await ask<RoundTrips & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: true });
+    const idle = await ask<LatencySummary & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: false });
+    const loaded = await ask<LatencySummary & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: true });
     const gbps = (b: number, ms: number): number => b / 1e6 / ms;
-    const strip = ({ count, p50Us, p99Us, maxUs, meanUs }: RoundTrips): RoundTrips => ({ count, p50Us, p99Us, maxUs, meanUs });
+    const strip = ({ count, p50Us, p99Us, maxUs, meanUs }: LatencySummary): LatencySummary => ({ count, p50Us, p99Us, maxUs, meanUs });
     return {
       streamDataGBps: gbps(data.bytes, data.ms),
       streamOnreadGBps: gbps(onread.bytes, onread.ms),

@@ -224,32 +224,4 @@ export async function finalInfo(qmp: QmpClient): Promise<Record<string, unknown>
   throw new Error('query-migrate never showed completed with a total-time');
 }
 
-/** CPU time and page faults of a process (all threads) from /proc/PID/stat. */
-export interface ProcCounters {
-  userMs: number;
-  sysMs: number;
-  minflt: number;
-}
-
-/** Clock ticks per second of /proc times (USER_HZ; 100 on Linux/x86). */
-const USER_HZ = 100;
-
-/** Reads /proc/PID/stat (undefined when the process is gone). */
-export function procCounters(pid: number | undefined): ProcCounters | undefined {
-  if (pid === undefined) return undefined;
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Fields after "(comm)": state is field 3; minflt 10, utime 14, stime 15 (1-based).
-  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return { minflt: Number(f[7]), userMs: (Number(f[11]) * 1000) / USER_HZ, sysMs: (Number(f[12]) * 1000) / USER_HZ };
-}
-
-/** b - a, field by field. */
-export function counterDelta(a: ProcCounters | undefined, b: ProcCounters | undefined): ProcCounters {
-  if (!a || !b) return { userMs: NaN, sysMs: NaN, minflt: NaN };
-  return { userMs: b.userMs - a.userMs, sysMs: b.sysMs - a.sysMs, minflt: b.minflt - a.minflt };
-}
+export { procCounters, counterDelta, type ProcCounters } from './proc-stat.js';
