@@ -113,9 +113,12 @@ describe('postcopy vm → postcopy vm', () => {
     await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await listeningPort(dst.qmp)}` });
     expect(await dst.exited).toBe(1);
     expect(dst.stderr()).toMatch(/Size mismatch|load of migration failed/);
+    // Without a return path an 8 MiB source can send everything and complete before the
+    // destination's failure reaches it (QEMU's rule: completed → postmigrate); when it sees
+    // the broken connection first, it fails and the guest runs on.
     const info = await waitStatus(src.qmp, ['failed', 'completed']);
-    expect(await src.qmp.execute('query-status')).toMatchObject({ status: 'running' });
-    void info;
+    const expected = info.status === 'failed' ? 'running' : 'postmigrate';
+    expect(await src.qmp.execute('query-status')).toMatchObject({ status: expected });
   });
 
   it('an incoming VM without --ram adopts the layout; migrate_cancel on the source fails the destination', async () => {
