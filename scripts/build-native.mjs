@@ -1,4 +1,4 @@
-// Builds native/huge-pages.c into build/native/huge-pages.node with the C
+// Builds native/os.c into build/native/os.node with the C
 // compiler and the headers of the Node that runs this script. Optional: when
 // there is no compiler or no headers, it says so and exits 0, and guest RAM
 // stays on 4 KiB pages (src/memory/huge-pages.ts falls back).
@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const out = join(root, 'build', 'native', 'huge-pages.node');
+const out = join(root, 'build', 'native', 'os.node');
 const include = join(dirname(process.execPath), '..', 'include', 'node');
 const cc = process.env.CC || 'cc';
 if (process.platform !== 'linux') {
@@ -18,7 +18,7 @@ if (process.platform !== 'linux') {
 } else {
   mkdirSync(dirname(out), { recursive: true });
   try {
-    execFileSync(cc, ['-O2', '-Wall', '-shared', '-fPIC', `-I${include}`, join(root, 'native', 'huge-pages.c'), '-o', out], {
+    execFileSync(cc, ['-O2', '-Wall', '-shared', '-fPIC', `-I${include}`, join(root, 'native', 'os.c'), '-o', out], {
       stdio: ['ignore', 'inherit', 'inherit'],
     });
   } catch (e) {

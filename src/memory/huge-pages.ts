@@ -1,16 +1,13 @@
 /**
  * Transparent huge pages for guest RAM. QEMU advises the anonymous RAM of a
  * guest with MADV_HUGEPAGE; so do we, through the one native helper of the
- * package (native/huge-pages.c, built at install time when a C compiler is
+ * package (native/os.c, built at install time when a C compiler is
  * there). Without it, or with POSTCOPY_NO_THP=1 in the environment, RAM stays
  * on 4 KiB pages: behaviour is the same, only first touches cost more (a page
  * fault per 4 KiB instead of per 2 MiB, which dominates loading a GiB of RAM
  * on a virtual machine).
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { findPackageRoot } from '../hotpath/wasm.js';
+import { nativeOs, type NativeOs } from '../native.js';
 
 /** The transparent huge page size on x86-64. */
 export const HUGE_PAGE_SIZE = 2 << 20;
@@ -21,19 +18,11 @@ export interface HugePageAdvice {
   length: number;
 }
 
-interface NativeHugePages {
-  advise(view: Uint8Array): HugePageAdvice;
-  address(view: Uint8Array): number;
-}
+let native: NativeOs | null | undefined;
 
-let native: NativeHugePages | null | undefined;
-
-function load(): NativeHugePages | null {
+function load(): NativeOs | null {
   if (native !== undefined) return native;
-  native = null;
-  if (process.env.POSTCOPY_NO_THP === '1') return native;
-  const file = join(findPackageRoot(), 'build', 'native', 'huge-pages.node');
-  if (existsSync(file)) native = createRequire(import.meta.url)(file) as NativeHugePages;
+  native = process.env.POSTCOPY_NO_THP === '1' ? null : nativeOs();
   return native;
 }
 

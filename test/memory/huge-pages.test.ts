@@ -1,5 +1,5 @@
 /**
- * Guest RAM advised for transparent huge pages (native/huge-pages.c). The
+ * Guest RAM advised for transparent huge pages (native/os.c). The
  * advice is visible as the "hg" flag of the mapping in /proc/self/smaps,
  * whether or not the kernel finds a free huge page at fault time, so these
  * checks do not depend on the host's memory.
@@ -40,7 +40,7 @@ function vmFlagsAt(address: number): string[] {
   throw new Error(`no mapping contains 0x${address.toString(16)}`);
 }
 
-const built = existsSync(join(findPackageRoot(), 'build', 'native', 'huge-pages.node'));
+const built = existsSync(join(findPackageRoot(), 'build', 'native', 'os.node'));
 
 describe('huge pages for guest RAM', () => {
   it('the native helper is built wherever a C compiler is', () => {
@@ -94,7 +94,7 @@ describe('huge pages for guest RAM', () => {
 
     it('rejects what is not a Uint8Array', async () => {
       const native = (await import('node:module')).createRequire(import.meta.url)(
-        join(findPackageRoot(), 'build', 'native', 'huge-pages.node'),
+        join(findPackageRoot(), 'build', 'native', 'os.node'),
       ) as { advise(v: unknown): unknown };
       expect(() => native.advise(new Uint16Array(8))).toThrow('expected a Uint8Array');
       expect(() => native.advise({})).toThrow('expected a Uint8Array');

@@ -1,16 +1,24 @@
 /*
- * postcopy's one native helper: ask the kernel to back a range of guest RAM
- * with transparent huge pages (madvise MADV_HUGEPAGE), as QEMU does for the
- * anonymous RAM of a guest. Node has no madvise; without this addon (no C
- * compiler at install time) guest RAM simply stays on 4 KiB pages.
+ * postcopy's one native helper, for the two system calls Node does not offer:
+ *
+ * 1. madvise(MADV_HUGEPAGE): back a range of guest RAM with transparent huge
+ *    pages, as QEMU does for the anonymous RAM of a guest. Without this addon
+ *    (no C compiler at install time) guest RAM simply stays on 4 KiB pages.
+ * 2. dup(): a second descriptor of a socket, so that a worker thread can read
+ *    the main channel's bulk stream (src/destination/bulk/) while the main
+ *    thread keeps its own descriptor for the return path. Without it the bulk
+ *    stream is read on the main thread.
  *
  * advise(view: Uint8Array) -> { address, length }: the 2 MiB-aligned interior
  * of the view that was advised (length 0 when the view holds no whole huge
  * page). Throws with errno's text when madvise fails.
  * address(view: Uint8Array) -> number: where the view's first byte lives (for
  * tests that look the mapping up in /proc/self/smaps).
+ * dup(fd: number) -> number: a new close-on-exec descriptor of the same open
+ * file. Throws with errno's text when fcntl fails.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <string.h>
@@ -67,11 +75,29 @@ static napi_value advise(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "expected a file descriptor");
+    return NULL;
+  }
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return throw_error(env, strerror(errno));
+  napi_value out;
+  napi_create_int32(env, copy, &out);
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "advise", NAPI_AUTO_LENGTH, advise, NULL, &fn);
   napi_set_named_property(env, exports, "advise", fn);
   napi_create_function(env, "address", NAPI_AUTO_LENGTH, address, NULL, &fn);
   napi_set_named_property(env, exports, "address", fn);
+  napi_create_function(env, "dup", NAPI_AUTO_LENGTH, dup_fd, NULL, &fn);
+  napi_set_named_property(env, exports, "dup", fn);
   return exports;
 }
