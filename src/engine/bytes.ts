@@ -8,6 +8,7 @@
  */
 import type { Readable } from 'node:stream';
 import { StreamReader } from '../wire/reader.js';
+import { holdReading, releaseReading } from '../transport/hold.js';
 
 const LATIN1 = new TextDecoder('latin1');
 /** Chunks queued ahead of the reader before the input is paused. */
@@ -17,53 +18,112 @@ const QUEUE_CHUNKS = 64;
  * The chunks of `input` as an async iterable that, unlike Node's own
  * iterator, never destroys the stream (the engines keep writing to the same
  * duplex) and treats 'close' without 'end' as the end of input, not an error.
- * Flow control: the input is paused while QUEUE_CHUNKS chunks wait.
+ * Flow control: the input is paused while QUEUE_CHUNKS chunks wait. A socket
+ * input can be held (its reading stopped, the bytes Node already read handed
+ * over) and released again: see hold().
  */
-export async function* readableChunks(input: Readable): AsyncGenerator<Uint8Array, void, undefined> {
-  const queue: Uint8Array[] = [];
-  let ended = false;
-  let error: Error | undefined;
-  let wake: (() => void) | undefined;
-  const signal = (): void => {
-    const w = wake;
-    wake = undefined;
+export class ChunkSource implements AsyncIterable<Uint8Array>, AsyncIterator<Uint8Array, undefined> {
+  private readonly queue: Uint8Array[] = [];
+  private ended = false;
+  private error: Error | undefined;
+  private wake: (() => void) | undefined;
+  private listening = false;
+  private held = false;
+
+  constructor(private readonly input: Readable) {
+    this.listen();
+  }
+
+  private readonly signal = (): void => {
+    const w = this.wake;
+    this.wake = undefined;
     w?.();
   };
-  const onData = (c: Uint8Array): void => {
-    queue.push(c);
-    if (queue.length >= QUEUE_CHUNKS) input.pause();
-    signal();
+  private readonly onData = (c: Uint8Array): void => {
+    this.queue.push(c);
+    if (this.queue.length >= QUEUE_CHUNKS) this.input.pause();
+    this.signal();
   };
-  const onEnd = (): void => {
-    ended = true;
-    signal();
+  private readonly onEnd = (): void => {
+    this.ended = true;
+    this.signal();
   };
-  const onError = (e: Error): void => {
-    error ??= e;
-    signal();
+  private readonly onError = (e: Error): void => {
+    this.error ??= e;
+    this.signal();
   };
-  input.on('data', onData);
-  input.on('end', onEnd);
-  input.on('close', onEnd);
-  input.on('error', onError);
-  try {
-    for (;;) {
-      if (queue.length > 0) {
-        const c = queue.shift()!;
-        if (queue.length < QUEUE_CHUNKS / 2 && input.isPaused() && !ended) input.resume();
-        yield c;
-        continue;
-      }
-      if (error) throw error;
-      if (ended) return;
-      await new Promise<void>((r) => (wake = r));
-    }
-  } finally {
-    input.off('data', onData);
-    input.off('end', onEnd);
-    input.off('close', onEnd);
-    input.off('error', onError);
+
+  private listen(): void {
+    if (this.listening) return;
+    this.listening = true;
+    const i = this.input;
+    i.on('data', this.onData);
+    i.on('end', this.onEnd);
+    i.on('close', this.onEnd);
+    i.on('error', this.onError);
   }
+
+  private unlisten(): void {
+    if (!this.listening) return;
+    this.listening = false;
+    const i = this.input;
+    i.off('data', this.onData);
+    i.off('end', this.onEnd);
+    i.off('close', this.onEnd);
+    i.off('error', this.onError);
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<Uint8Array, undefined>> {
+    for (;;) {
+      if (this.queue.length > 0) {
+        const c = this.queue.shift()!;
+        if (!this.held && this.queue.length < QUEUE_CHUNKS / 2 && this.input.isPaused() && !this.ended) this.input.resume();
+        return { done: false, value: c };
+      }
+      if (this.error) throw this.error;
+      if (this.ended) return { done: true, value: undefined };
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  async return(): Promise<IteratorResult<Uint8Array, undefined>> {
+    this.unlisten();
+    this.ended = true;
+    return { done: true, value: undefined };
+  }
+
+  /**
+   * Stops reading the input (a socket; see transport/hold.ts) and returns the
+   * chunks read from it and not yet yielded, in order; undefined (nothing
+   * changed) when the input cannot be held or has ended.
+   */
+  hold(): Uint8Array[] | undefined {
+    if (this.held || this.ended || this.error) return undefined;
+    const tail = holdReading(this.input);
+    if (!tail) return undefined;
+    this.held = true;
+    this.unlisten();
+    return this.queue.splice(0).concat(tail);
+  }
+
+  /** Reads the input again after hold(). */
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    this.listen();
+    // An 'end' (or 'close') that fired while held was not heard.
+    if (this.input.readableEnded || this.input.destroyed) this.ended = true;
+    releaseReading(this.input);
+  }
+}
+
+/** The chunks of `input` (see ChunkSource). */
+export function readableChunks(input: Readable): ChunkSource {
+  return new ChunkSource(input);
 }
 
 /** Synchronous big-endian accessors over a StreamReader fed by `input`. */
@@ -71,8 +131,37 @@ export class ChannelReader {
   /** The underlying reader (offset, decoders, subReader). */
   readonly stream: StreamReader;
 
+  private readonly source: ChunkSource;
+
   constructor(input: Readable) {
-    this.stream = new StreamReader(readableChunks(input));
+    this.source = new ChunkSource(input);
+    this.stream = new StreamReader(this.source);
+  }
+
+  /**
+   * Stops reading the input and hands over every byte read from it and not
+   * consumed yet, with the stream offset of the first; undefined (nothing
+   * changed) when the input cannot be held (not a socket, or ended).
+   */
+  hold(): { offset: number; bytes: Uint8Array } | undefined {
+    const tail = this.source.hold();
+    if (!tail) return undefined;
+    const offset = this.stream.offset;
+    const head = this.stream.takeBuffered();
+    const parts = head.concat(tail);
+    const bytes = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+    let o = 0;
+    for (const p of parts) {
+      bytes.set(p, o);
+      o += p.length;
+    }
+    return { offset, bytes };
+  }
+
+  /** Reads the input again after hold(): `rest` (not consumed) starts at stream offset `offset`. */
+  release(offset: number, rest: Uint8Array): void {
+    this.stream.restartAt(offset, rest);
+    this.source.release();
   }
 
   /** Bytes consumed so far (stream offset of the next byte). */

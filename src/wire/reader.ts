@@ -94,6 +94,30 @@ export class StreamReader {
     return !(await this.fill(1));
   }
 
+  /** Consumes and returns every buffered chunk (views), in order. */
+  takeBuffered(): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < this.chunks.length; i++) out.push(i === 0 ? this.chunks[0]!.subarray(this.head) : this.chunks[i]!);
+    this.pos += this.avail;
+    this.chunks = [];
+    this.head = 0;
+    this.avail = 0;
+    return out.filter((c) => c.length > 0);
+  }
+
+  /**
+   * After takeBuffered(): another reader consumed the stream up to `offset`
+   * and left `rest` (the bytes after it it had read): they are buffered here
+   * again, and reading goes on from the source.
+   */
+  restartAt(offset: number, rest: Uint8Array): void {
+    if (this.avail !== 0) throw new Error('StreamReader.restartAt: bytes are still buffered');
+    this.pos = offset;
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.head = 0;
+    this.avail = rest.length;
+  }
+
   /** Drop `k` buffered bytes. */
   private consume(k: number): void {
     this.pos += k;
