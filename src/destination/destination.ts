@@ -12,10 +12,14 @@ import { ChannelReader } from '../engine/bytes.js';
 import { encodeRpMessage } from '../wire/return-path.js';
 import { StreamWriter } from '../wire/writer.js';
 import type { MigrationStatus } from '../engine/status.js';
+import type { EngineRamBlock, PageBits } from '../engine/ports.js';
 import type { FaultLatency } from './blocktime.js';
 import { FaultService, type FaultRecord } from './faults.js';
 import { DEST_KEEPALIVE_TIMEOUT_MS, type DestinationMigrationInfo, type DestinationOptions } from './options.js';
 import { StreamLoader } from './stream-loader.js';
+import { BulkReader } from './bulk/bulk-reader.js';
+import { socketFd } from '../transport/hold.js';
+import { RAM_SECTION_IDSTR } from '../wire/constants.js';
 
 export * from './options.js';
 export type { FaultRecord } from './faults.js';
@@ -40,6 +44,8 @@ export class MigrationDestination extends StreamLoader {
   private watchdog: NodeJS.Timeout | undefined;
   /** Why the last pause happened. */
   pauseReason: string | undefined;
+  /** Reads the postcopy background stream in a worker thread, when it can (bulk/bulk-reader.ts). */
+  private bulk: BulkReader | undefined;
 
   constructor(opts: DestinationOptions = {}) {
     super(opts);
@@ -50,6 +56,7 @@ export class MigrationDestination extends StreamLoader {
       },
       send: (idstr, offset, length, withId) => this.sendPageRequest(idstr, offset, length, withId),
       emit: (event, payload) => void this.emit(event, payload),
+      watch: (idstr, page) => this.watchPage(idstr, page),
     });
     this.ram.onPlaced = (idstr, page) => this.fault.placed(idstr, page);
   }
@@ -85,6 +92,17 @@ export class MigrationDestination extends StreamLoader {
   /** Faults waited for and not yet placed. */
   get outstandingFaults(): number {
     return this.fault.outstanding;
+  }
+
+  /**
+   * What the bulk worker did with the main channel's background stream:
+   * runs, pages placed and bytes taken (as of the last run's end), bytes
+   * read from the socket (live). Undefined when the stream is read on the
+   * main thread: no native helper, not a socket, RAM not in shared memory,
+   * or `bulkWorker: false`.
+   */
+  get bulkStats(): { runs: number; normal: number; zero: number; bytes: number; bytesRead: number } | undefined {
+    return this.bulk && { ...this.bulk.stats, bytesRead: this.bulk.bytesRead };
   }
 
   /** query-migrate for the destination. */
@@ -156,6 +174,7 @@ export class MigrationDestination extends StreamLoader {
       setTimeout(() => ch?.destroy(), 1000).unref();
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
+      this.bulk?.close();
     }
     return this.status;
   }
@@ -230,6 +249,7 @@ export class MigrationDestination extends StreamLoader {
     this.fault.pause();
     this.stopWatchdog();
     this.rpWriter = undefined;
+    this.bulk?.abort();
     this.channel?.destroy();
     const rec = this.recovering;
     this.recovering = undefined;
@@ -243,6 +263,7 @@ export class MigrationDestination extends StreamLoader {
     this.stopWatchdog();
     this.watchdog = setInterval(
       () => {
+        if (this.bulk?.activitySinceLastCall()) this.lastData = performance.now();
         if (this.status !== 'postcopy-active' || this.fault.outstanding === 0) return;
         if (performance.now() - Math.max(this.lastData, this.fault.outstandingSince) > timeout) {
           this.pauseNow(new PostcopyError('IO', `no data from the source for ${timeout} ms with page requests outstanding`));
@@ -273,6 +294,35 @@ export class MigrationDestination extends StreamLoader {
   protected onListen(): void {
     this.fault.listen();
     this.startWatchdog();
+    // The worker starts now, so that it is ready when RUN comes.
+    if (this.opts.bulkWorker !== false && !this.bulk && this.channel && socketFd(this.channel) !== undefined && BulkReader.sharable(this.bulkBlocks())) {
+      this.bulk = BulkReader.create((idstr, page) => this.ram.onPlaced?.(idstr, page));
+    }
+  }
+
+  private bulkBlocks(): { block: EngineRamBlock; bits: PageBits }[] {
+    return this.ram.blocks.map((block) => ({ block, bits: this.ram.received.get(block.idstr)! }));
+  }
+
+  /** A fault began to wait: the bulk worker must tell us when it places the page. */
+  private watchPage(idstr: string, page: number): void {
+    const bits = this.ram.received.get(idstr);
+    if (this.bulk && bits && this.bulk.watch(idstr, page, bits)) queueMicrotask(() => this.ram.onPlaced?.(idstr, page));
+  }
+
+  protected override async offloadRam(r: ChannelReader): Promise<{ at: 'section' | 'record' | 'footer'; sectionId: number } | undefined> {
+    const bulk = this.bulk;
+    const ch = this.channel;
+    if (!bulk || !ch || r !== this.reader || this.status !== 'postcopy-active') return undefined;
+    // faults that began to wait before the worker existed
+    for (const [idstr, page] of this.fault.pendingPages()) this.watchPage(idstr, page);
+    const ramSections = [...this.sections].filter(([, idstr]) => idstr === RAM_SECTION_IDSTR).map(([id]) => id);
+    const stop = await bulk.run(ch, r, this.bulkBlocks(), ramSections, { at: 'section', sectionId: -1, lastBlock: this.ram.lastBlockName });
+    if (!stop) return undefined;
+    this.ram.counters.normal += stop.counters.normal;
+    this.ram.counters.zero += stop.counters.zero;
+    this.ram.setLastBlock(stop.lastBlock);
+    return stop.consumed > 0 ? { at: stop.at, sectionId: stop.sectionId } : undefined;
   }
 
   protected onResume(): void {

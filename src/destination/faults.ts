@@ -32,6 +32,8 @@ export interface FaultHost {
   send(idstr: string, offset: number, length: number, withId: boolean): boolean;
   /** Event sink ('fault', 'pagePlaced'). */
   emit(event: string, payload: unknown): void;
+  /** A fault began to wait for this page (another thread may place it). */
+  watch?(idstr: string, page: number): void;
 }
 
 interface Pending {
@@ -119,6 +121,7 @@ export class FaultService {
       e = { t0: performance.now(), requested: false, resolve: [], reject: [] };
       m.set(page, e);
       this.size++;
+      this.host.watch?.(idstr, page);
       if (this.mode !== 'precopy') this.acct.outstanding(this.size, e.t0);
       if (this.mode === 'postcopy') this.request(idstr, page, e, false);
     }
@@ -157,6 +160,11 @@ export class FaultService {
       this.host.emit('pagePlaced', { idstr, offset: page * TP, latencyUs });
     }
     for (const r of e.resolve) r();
+  }
+
+  /** The pages faults wait for, as [idstr, page]. */
+  *pendingPages(): Generator<[string, number]> {
+    for (const [idstr, m] of this.pending) for (const page of m.keys()) yield [idstr, page];
   }
 
   /** LISTEN: from now on missing pages are requested; earlier waiters are requested now. */

@@ -34,6 +34,14 @@ export interface DestinationOptions {
    * nothing was received for this long, ms. Default KEEPALIVE_TIMEOUT_MS (5000).
    */
   keepaliveTimeoutMs?: number;
+  /**
+   * Read the postcopy background stream of the main channel in a worker
+   * thread (destination/bulk/), so that it never delays a fault on the main
+   * thread. Used when the channel is a socket, the RAM blocks and received
+   * bitmaps are in shared memory and the native helper is built; the
+   * environment's POSTCOPY_BULK_WORKER=0 turns it off too. Default true.
+   */
+  bulkWorker?: boolean;
 }
 
 /** Our keepalive timeout (the source's KEEPALIVE_TIMEOUT_MS). */

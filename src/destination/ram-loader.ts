@@ -21,9 +21,9 @@ const TWO_32 = 0x100000000;
 /** Creates a block when the destination adopts the source's RAM layout. */
 export type BlockAllocator = (idstr: string, usedLength: number, ramAddr: number) => EngineRamBlock;
 
-/** Default allocator: ordinary zeroed memory, advised for huge pages. */
+/** Default allocator: zeroed shared memory (a worker may place pages in it), advised for huge pages. */
 export const plainBlockAllocator: BlockAllocator = (idstr, usedLength, ramAddr) => {
-  const bytes = new Uint8Array(usedLength);
+  const bytes = new Uint8Array(new SharedArrayBuffer(usedLength));
   adviseHugePages(bytes);
   return { idstr, usedLength, ramAddr, bytes, zeroed: true };
 };
@@ -57,7 +57,7 @@ export class RamLoader {
     blocks: readonly EngineRamBlock[],
     private readonly ops: PageOps,
     private readonly adopt: BlockAllocator | undefined,
-    private readonly newBitmap: (pages: number, idstr: string) => PageBits = (pages) => new Uint32Array((pages + 31) >>> 5),
+    private readonly newBitmap: (pages: number, idstr: string) => PageBits = (pages) => new Uint32Array(new SharedArrayBuffer(((pages + 31) >>> 5) * 4)),
   ) {
     this.xbuf = ops.alloc(TP);
     this.blocks = [...blocks];
@@ -219,6 +219,16 @@ export class RamLoader {
     if (this.postcopy) Atomics.or(bm, p >>> 5, 1 << (p & 31));
     else bm[p >>> 5] = bm[p >>> 5]! | (1 << (p & 31));
     this.onPlaced?.(block.idstr, p);
+  }
+
+  /** The block the last record named (the CONTINUE rule), by idstr. */
+  get lastBlockName(): string | undefined {
+    return this.lastBlock?.idstr;
+  }
+
+  /** Another reader (the bulk worker) parsed records up to here: its last block. */
+  setLastBlock(idstr: string | undefined): void {
+    this.lastBlock = idstr === undefined ? undefined : this.byName.get(idstr);
   }
 
   /** A new channel after a pause: the next record names its block again. */

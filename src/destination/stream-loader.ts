@@ -123,6 +123,17 @@ export abstract class StreamLoader extends EventEmitter {
     return { ...this.ram.counters };
   }
 
+  /**
+   * Offered at every section boundary of the main channel after
+   * POSTCOPY_RUN, when the next item is a PART or END section: another reader
+   * may parse the RAM sections from here (the bulk worker). Returns where it
+   * stopped — inside a ram section it leaves the rest of that section to this
+   * loader — or undefined when it took nothing.
+   */
+  protected offloadRam(_r: ChannelReader): Promise<{ at: 'section' | 'record' | 'footer'; sectionId: number } | undefined> {
+    return Promise.resolve(undefined);
+  }
+
   /** LISTEN was handled: faults may now be requested. */
   protected abstract onListen(): void;
   /** POSTCOPY_RESUME was handled and RESUME_ACK queued: re-send faults, resolve recover(). */
@@ -160,6 +171,15 @@ export abstract class StreamLoader extends EventEmitter {
     const sections = this.sections;
     for (;;) {
       await r.need(1, 'section type');
+      if (!inPackage && this.pcState === 'running' && (r.peek() === SectionType.PART || r.peek() === SectionType.END)) {
+        const back = await this.offloadRam(r);
+        if (back) {
+          if (back.at === 'record') await this.ram.load(r);
+          if (back.at !== 'section') await this.checkFooter(r, back.sectionId, RAM_SECTION_IDSTR);
+          continue;
+        }
+        await r.need(1, 'section type');
+      }
       const at = r.offset;
       const type = r.u8();
       switch (type) {
