@@ -168,6 +168,7 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
       backgroundGBps: d.loadedBytes / 1e6 / d.loadedMs,
       loadedBytes: d.loadedBytes,
       loadedMs: d.loadedMs,
+      backgroundReader: d.bulkWorker ? 'worker' : 'main thread',
       postcopyRequests: s.postcopyRequests,
       ignoredRequests: s.ignoredRequests,
       sourceStatus: s.status,
@@ -224,7 +225,7 @@ function report(r: FaultBenchResult, floor?: LoopbackFigures): void {
     `destination faultStats() (request → placement, whole run): requests ${ds.requests}, placed ${ds.count}, p50 ${fmtUs(ds.p50Us)}, p99 ${fmtUs(ds.p99Us)}, max ${fmtUs(ds.maxUs)}`,
   );
   console.log(
-    `background: ${(r.loadedBytes / 1e6).toFixed(0)} MB in ${r.loadedMs.toFixed(0)} ms = ${r.backgroundGBps.toFixed(2)} GB/s; source served ${r.postcopyRequests} requests (${r.ignoredRequests} pages already sent, ${r.preemptPages} pages on the preempt channel)`,
+    `background: ${(r.loadedBytes / 1e6).toFixed(0)} MB in ${r.loadedMs.toFixed(0)} ms = ${r.backgroundGBps.toFixed(2)} GB/s, read on the destination by its ${r.backgroundReader}; source served ${r.postcopyRequests} requests (${r.ignoredRequests} pages already sent, ${r.preemptPages} pages on the preempt channel)`,
   );
   const share = (ms: number): string => `${((ms / r.loadedMs) * 100).toFixed(0)} %`;
   const pct = (c: FaultBenchResult['sourceCpu']): string =>

@@ -71,6 +71,8 @@ export interface DestPeerResult {
   loadedUs: number[];
   stats: { requests: number; count: number; p50Us: number; p99Us: number; maxUs: number };
   loadedBytes: number;
+  /** True when the bulk worker read (some of) the background stream. */
+  bulkWorker: boolean;
   loadedMs: number;
   /** The loaded phase, from 'go' to the migration's end: monotonic µs (the clock of .cpuprofile samples). */
   loadedWindowUs: [number, number];
@@ -118,9 +120,13 @@ function loopMonitor(): IntervalHistogram {
 
 const digest = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-/** Guest RAM as the library allocates it: zeroed, advised for huge pages (unless POSTCOPY_NO_THP=1). */
-function block(ramBytes: number): EngineRamBlock {
-  const bytes = new Uint8Array(ramBytes);
+/**
+ * Guest RAM as the library allocates it: zeroed, advised for huge pages
+ * (unless POSTCOPY_NO_THP=1); the destination's in shared memory, as a guest's
+ * RAM is (the bulk worker places pages in it).
+ */
+function block(ramBytes: number, shared = false): EngineRamBlock {
+  const bytes = new Uint8Array(shared ? new SharedArrayBuffer(ramBytes) : new ArrayBuffer(ramBytes));
   adviseHugePages(bytes);
   return { idstr: IDSTR, usedLength: ramBytes, ramAddr: 0, bytes };
 }
@@ -218,7 +224,7 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
 }
 
 async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
-  const b = block(init.ramBytes);
+  const b = block(init.ramBytes, true);
   const preempt = init.design.includes('preempt');
   const dest = preempt ? new PreemptDestination({ blocks: [b], postcopyRam: true }) : new MigrationDestination({ blocks: [b], postcopyRam: true });
   const pages = init.ramBytes / TP;
@@ -308,7 +314,9 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   const c0 = process.cpuUsage();
   const th0 = threadCpu();
   const loop = loopMonitor();
-  const bytes0 = sock.bytesRead;
+  // Bytes of the main channel: read by the main thread, or by the bulk worker.
+  const received = (): number => sock.bytesRead + (dest.bulkStats?.bytesRead ?? 0);
+  const bytes0 = received();
   const t0 = performance.now();
   const w0 = monoUs();
   let w1 = 0;
@@ -318,7 +326,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   void loaded.then(() => {
     tEnd = performance.now();
     w1 = monoUs();
-    bytesEnd = sock.bytesRead;
+    bytesEnd = received();
   });
   while (!finished) {
     const us = await fault();
@@ -338,6 +346,7 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     loadedUs,
     stats: { requests: st.requests, count: st.count, p50Us: st.p50Us, p99Us: st.p99Us, maxUs: st.maxUs },
     loadedBytes: bytesEnd - bytes0,
+    bulkWorker: (dest.bulkStats?.runs ?? 0) > 0,
     loadedMs: tEnd - t0,
     loadedWindowUs: [w0, w1],
     idleWindowUs: [i0, i1],

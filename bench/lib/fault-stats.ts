@@ -63,6 +63,8 @@ export interface FaultBenchResult {
   /** Loaded phase: bytes received and duration. */
   loadedBytes: number;
   loadedMs: number;
+  /** Who read the background stream on the destination: its bulk worker, or its main thread. */
+  backgroundReader: 'worker' | 'main thread';
   /** Requests the source served / found already sent. */
   postcopyRequests: number;
   ignoredRequests: number;
