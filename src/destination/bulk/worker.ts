@@ -10,7 +10,6 @@
  * A byte counter in shared memory tells the main thread's watchdog that data
  * arrives.
  */
-import { closeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RamStreamParser } from './ram-stream.js';
@@ -41,8 +40,9 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
     if (done) return;
     done = true;
     abortCurrent = undefined;
-    if (socket) socket.destroy();
-    else closeSync(m.fd);
+    // The descriptor is closed through a socket handle even when none read it: fs.closeSync
+    // of a descriptor this thread did not open through fs draws a warning from Node.
+    (socket ?? new Socket({ fd: m.fd, readable: false, writable: false })).destroy();
     post({
       type: 'stopped',
       reason,
