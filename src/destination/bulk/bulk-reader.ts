@@ -15,30 +15,19 @@
  * memory. Otherwise the loader reads the bulk stream on the main thread, as
  * before. POSTCOPY_BULK_WORKER=0 in the environment turns it off.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import type { ChannelReader } from '../../engine/bytes.js';
 import type { EngineRamBlock, PageBits } from '../../engine/ports.js';
 import { PostcopyError } from '../../errors.js';
-import { findPackageRoot } from '../../hotpath/wasm.js';
 import { nativeOs } from '../../native.js';
 import { socketFd } from '../../transport/hold.js';
+import { workerFile } from '../../threads.js';
 import type { FromWorker, ToWorker } from './messages.js';
 import type { BulkBlock, ParserStart } from './ram-stream.js';
 
 /** How the worker handed the stream back. */
 export type BulkStop = Extract<FromWorker, { type: 'stopped' }>;
-
-/** The worker's file: beside this module when compiled, else in dist/ (tests run the TypeScript sources). */
-function workerFile(): string | undefined {
-  const here = fileURLToPath(new URL('./worker.js', import.meta.url));
-  if (existsSync(here)) return here;
-  const built = join(findPackageRoot(), 'dist', 'src', 'destination', 'bulk', 'worker.js');
-  return existsSync(built) ? built : undefined;
-}
 
 const isShared = (a: ArrayBufferView): boolean => a.buffer instanceof SharedArrayBuffer;
 
@@ -60,7 +49,7 @@ export class BulkReader {
    */
   static create(onWanted: (idstr: string, page: number) => void): BulkReader | undefined {
     if (process.env.POSTCOPY_BULK_WORKER === '0' || !nativeOs()) return undefined;
-    const file = workerFile();
+    const file = workerFile(import.meta.url, 'worker.js', 'destination/bulk');
     if (!file) return undefined;
     const r = new BulkReader(onWanted);
     r.worker = new Worker(file, { workerData: { bytesRead: r.read.buffer } });
@@ -69,11 +58,14 @@ export class BulkReader {
       if (m.type === 'wanted') r.onWanted(m.idstr, m.page);
       else r.stopped?.(m);
     });
-    r.worker.on('error', (e) => {
+    // A worker that failed or was ended ends the run it was in: the stream is lost then (a pause follows).
+    const died = (error: string): void => {
       const stop = r.stopped;
       r.worker = undefined;
-      stop?.({ type: 'stopped', reason: 'error', error: e.message, at: 'section', sectionId: -1, lastBlock: undefined, consumed: 0, rest: new Uint8Array(0), counters: { normal: 0, zero: 0 } });
-    });
+      stop?.({ type: 'stopped', reason: 'error', error, at: 'section', sectionId: -1, lastBlock: undefined, consumed: 0, rest: new Uint8Array(0), counters: { normal: 0, zero: 0 } });
+    };
+    r.worker.on('error', (e) => died(e.message));
+    r.worker.on('exit', (code) => died(`exited (${code})`));
     return r;
   }
 
@@ -147,7 +139,11 @@ export class BulkReader {
     const done = new Promise<BulkStop>((resolve) => (this.stopped = resolve));
     const msg: ToWorker = { type: 'run', fd: copy, prefix: held.bytes, blocks: bulkBlocks, ramSections, start };
     worker.postMessage(msg);
+    // Closed here (destroyed by its owner): the worker's duplicate must not keep the connection open.
+    const onClose = (): void => this.abort();
+    channel.once('close', onClose);
     const stop = await done;
+    channel.off('close', onClose);
     this.stopped = undefined;
     if (!this.worker) {
       // The worker died: what it had read is lost, so the stream cannot go on (a pause, then a recovery).
@@ -170,7 +166,6 @@ export class BulkReader {
   /** Ends the worker (the migration is over). */
   close(): void {
     const w = this.worker;
-    this.worker = undefined;
     if (w) void w.terminate();
   }
 }
