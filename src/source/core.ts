@@ -153,6 +153,9 @@ export abstract class SourceCore extends EventEmitter {
     this.wake?.();
   }
 
+  /** Adds to this source's counters what another thread served (the preempt source's urgent worker). */
+  protected syncServedElsewhere(): void {}
+
   /** A new return-path reader on `channel`, dispatching to this source. */
   protected openReturnPath(channel: Duplex, recovering = false, lastReqBlock?: string): SourceReturnPath {
     const rp = new SourceReturnPath(new ChannelReader(channel), this.returnPathHandlers(), { recovering, lastReqBlock });

@@ -60,6 +60,8 @@ export class RamSaver {
   readonly pages: number[];
   /** Dirty pages over all blocks. */
   dirtyPages = 0;
+  private claimsElsewhere: (() => number) | undefined;
+  private claimsSeen = 0;
   /** Scan position. */
   private blockIdx = 0;
   private pageIdx = 0;
@@ -100,7 +102,8 @@ export class RamSaver {
     this.encoded = ops.alloc(TP);
     this.scratch = ops.alloc(TP);
     this.pages = blocks.map((b) => Math.floor(b.usedLength / TP));
-    this.bitmaps = this.pages.map((n) => new Uint32Array((n + 31) >>> 5));
+    // Shared memory: in postcopy another thread may claim pages (preempt/urgent/).
+    this.bitmaps = this.pages.map((n) => new Uint32Array(new SharedArrayBuffer(((n + 31) >>> 5) * 4)));
     if (useXbzrle) this.cache = new XbzrleCache(cacheSize, ops.alloc);
   }
 
@@ -121,6 +124,25 @@ export class RamSaver {
     let t = 0;
     for (const bm of this.bitmaps) t += popcount(bm);
     this.dirtyPages = t;
+    // after the count: a claim in between is then counted twice at most, never missed (see foldClaims)
+    this.claimsSeen = this.claimsElsewhere?.() ?? 0;
+  }
+
+  /**
+   * Another thread claims pages from the bitmaps too (the source's urgent
+   * worker): `claimed()` tells how many so far, and dirtyPages follows it.
+   */
+  shareClaims(claimed: () => number): void {
+    this.claimsElsewhere = claimed;
+    this.claimsSeen = claimed();
+  }
+
+  /** Takes the pages claimed elsewhere off dirtyPages. */
+  foldClaims(): void {
+    const c = this.claimsElsewhere?.();
+    if (c === undefined || c === this.claimsSeen) return;
+    this.dirtyPages -= c - this.claimsSeen;
+    this.claimsSeen = c;
   }
 
   /** Replaces the cache with a new empty one (xbzrle-cache-size changed). */
@@ -179,6 +201,7 @@ export class RamSaver {
    * number of pages handled, 0 when a full pass found nothing dirty.
    */
   sendNext(w: WireSink, lastStage: boolean): number {
+    this.foldClaims();
     while (this.urgent.length > 0) {
       const u = this.urgent.shift()!;
       if (this.testAndClear(u.block, u.page)) {
@@ -191,14 +214,18 @@ export class RamSaver {
       }
       this.urgentSkipped++;
     }
-    if (this.dirtyPages === 0) return 0;
+    if (this.dirtyPages <= 0) return 0;
     const nblocks = this.blocks.length;
     for (let visited = 0; visited <= nblocks; visited++) {
       const b = this.blockIdx;
       const p = nextSetBit(this.bitmaps[b]!, this.pageIdx, this.pages[b]!);
       if (p >= 0) {
         this.pageIdx = p + 1;
-        this.testAndClear(b, p);
+        // another thread may have claimed it since the scan saw it
+        if (!this.testAndClear(b, p)) {
+          visited--;
+          continue;
+        }
         this.savePage(w, b, p, lastStage);
         return 1;
       }
@@ -210,15 +237,15 @@ export class RamSaver {
         if (this.useXbzrle && !this.postcopy) this.xbzrleEnabled = true;
       }
     }
+    // A whole pass found nothing: nothing is dirty, whatever the count said.
+    this.dirtyPages = 0;
     return 0;
   }
 
+  /** Claims page p of block b: true when it was dirty (an atomic clear, for the urgent worker's sake). */
   private testAndClear(b: number, p: number): boolean {
-    const bm = this.bitmaps[b]!;
     const m = 1 << (p & 31);
-    const w = p >>> 5;
-    if ((bm[w]! & m) === 0) return false;
-    bm[w] = bm[w]! & ~m;
+    if ((Atomics.and(this.bitmaps[b]!, p >>> 5, ~m) & m) === 0) return false;
     this.dirtyPages--;
     return true;
   }

@@ -30,6 +30,13 @@ export interface ReturnPathHandlers {
   onRecvBitmap?(idstr: string, bitmap: Uint8Array): void;
   /** Any message arrived (keepalive). */
   onMessage?(): void;
+  /**
+   * Offered at every message boundary outside recovery: another reader may
+   * take the page requests from here (the source's urgent worker). Resolves
+   * with what it took and the block its last REQ_PAGES_ID named, or
+   * undefined when it took nothing.
+   */
+  offload?(r: ChannelReader, lastReqBlock: string | undefined): Promise<{ requests: number; lastReqBlock: string | undefined } | undefined>;
 }
 
 /** Options of a SourceReturnPath. */
@@ -82,6 +89,13 @@ export class SourceReturnPath {
   private async run(): Promise<void> {
     const r = this.r;
     for (;;) {
+      if (this.handlers.offload && !this.recovering) {
+        const back = await this.handlers.offload(r, this.lastReqBlock);
+        if (back) {
+          this.lastReqBlock = back.lastReqBlock;
+          if (back.requests > 0) this.handlers.onMessage?.();
+        }
+      }
       if (r.available === 0 && !(await r.more())) {
         if (this.shutValue === undefined) {
           this.ioError = true;

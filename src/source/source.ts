@@ -154,6 +154,7 @@ export class MigrationSource extends PostcopySource {
 
   /** MigrationStats ("ram"), in QEMU's member order. */
   ramStats(): MigrationStats {
+    this.syncServedElsewhere();
     const s = this.saver;
     const transferred = this.ramTransferred();
     const stopped = this.guestStopped || this.status === 'completed';
