@@ -20,6 +20,10 @@ import type { MigrationStatus } from '../engine/status.js';
 import { MigrationSource, type MigrateOptions, type SourceOptions } from '../source/source.js';
 import type { PageRequest } from '../source/return-path.js';
 import { PreemptSender } from './channel.js';
+import type { ChannelReader } from '../engine/bytes.js';
+import type { ReturnPathHandlers } from '../source/return-path.js';
+import { UrgentServer } from './urgent/urgent-server.js';
+import { Counter, type UrgentBlock } from './urgent/messages.js';
 
 const TP = TARGET_PAGE_SIZE;
 /** Sender yield period in postcopy with a preempt channel, ms (QEMU's is a thread: it needs none). */
@@ -29,6 +33,14 @@ export const PREEMPT_YIELD_EVERY_MS = 0.1;
 export interface PreemptSourceOptions extends SourceOptions {
   /** ms, default PREEMPT_YIELD_EVERY_MS: a page request is read only when the sender yields. */
   preemptYieldMs?: number;
+  /**
+   * Serve page requests from a worker thread that reads the return path and
+   * writes the preempt channel (preempt/urgent/), so a request waits for
+   * neither the sender's event loop nor its bytes. Used when both channels
+   * are sockets, guest RAM is shared memory and the native helper is built;
+   * POSTCOPY_URGENT_WORKER=0 turns it off too. Default true.
+   */
+  urgentWorker?: boolean;
 }
 
 /** A MigrationSource with a postcopy-preempt channel. */
@@ -36,6 +48,12 @@ export class PreemptSource extends MigrationSource {
   private preempt: PreemptSender | undefined;
   private preemptChannel: Duplex | undefined;
   private pagesOnPreempt = 0;
+  /** Serves page requests in a worker thread, when it can (urgent/urgent-server.ts). */
+  private urgent: UrgentServer | undefined;
+  /** Set once the preempt channel is being ended: the worker serves no more. */
+  private urgentEnded = false;
+  /** The urgent worker's counters as last folded into ours. */
+  private readonly folded = new Float64Array(Counter.SIZE);
 
   constructor(guest: SourceGuest, opts: PreemptSourceOptions = {}) {
     super(guest, opts);
@@ -43,8 +61,67 @@ export class PreemptSource extends MigrationSource {
     // From the switchover on the sender yields often: the return path (and so
     // a page request) is read only when it does.
     this.on('switchover', () => {
-      if (this.preempt?.usable) this.yieldEveryMs = opts.preemptYieldMs ?? PREEMPT_YIELD_EVERY_MS;
+      if (!this.preempt?.usable) return;
+      this.yieldEveryMs = opts.preemptYieldMs ?? PREEMPT_YIELD_EVERY_MS;
+      if (opts.urgentWorker !== false && !this.urgent && UrgentServer.sharable(this.urgentBlocks())) {
+        this.urgent = UrgentServer.create();
+        const c = this.urgent?.counters;
+        if (c) this.saver!.shareClaims(() => c[Counter.CLAIMED]!);
+      }
     });
+  }
+
+  private urgentBlocks(): UrgentBlock[] {
+    const saver = this.saver;
+    if (!saver) return [];
+    return this.guest.blocks.map((b, i) => ({ idstr: b.idstr, usedLength: b.usedLength, bytes: b.bytes, dirty: saver.bitmaps[i]! }));
+  }
+
+  /** Requests and pages the urgent worker served: runs, requests, pages sent. Undefined without one. */
+  get urgentStats(): { runs: number; requests: number; pages: number } | undefined {
+    const u = this.urgent;
+    return u && { runs: u.runs, requests: u.counters[Counter.REQUESTS]!, pages: u.counters[Counter.CLAIMED]! };
+  }
+
+  /** Adds what the urgent worker did since the last call to this source's counters. */
+  protected override syncServedElsewhere(): void {
+    const c = this.urgent?.counters;
+    if (!c) return;
+    const d = (i: number): number => {
+      const v = c[i]! - this.folded[i]!;
+      this.folded[i] = c[i]!;
+      return v;
+    };
+    this.postcopyRequests += d(Counter.REQUESTS);
+    this.pagesOnPreempt += d(Counter.CLAIMED);
+    const saver = this.saver;
+    if (saver) {
+      saver.urgentSkipped += d(Counter.SKIPPED);
+      saver.releasedPages += d(Counter.RELEASED);
+      saver.foldClaims();
+    }
+    if (this.preempt) this.preempt.transferred += d(Counter.BYTES);
+  }
+
+  protected override returnPathHandlers(): ReturnPathHandlers {
+    return { ...super.returnPathHandlers(), offload: (r, last) => this.offloadRequests(r, last) };
+  }
+
+  /** The return path at a message boundary: the urgent worker reads it while it can. */
+  private async offloadRequests(r: ChannelReader, lastReqBlock: string | undefined): Promise<{ requests: number; lastReqBlock: string | undefined } | undefined> {
+    const u = this.urgent;
+    const p = this.preempt;
+    const ch = this.channel;
+    const pch = this.preemptChannel;
+    if (!u || this.urgentEnded || !p?.usable || !ch || !pch || !this.guestHandedOver || this.status !== 'postcopy-active' || !this.saver) return undefined;
+    const before = u.counters[Counter.REQUESTS]!;
+    const stop = await u.run(ch, r, pch, this.urgentBlocks(), lastReqBlock, this.saver.releaseAfterSend);
+    if (!stop) return undefined;
+    // the next page written on this thread names its block again
+    p.resetLastBlock();
+    if (stop.preemptBroken && this.preempt === p) this.dropPreempt();
+    this.syncServedElsewhere();
+    return { requests: u.counters[Counter.REQUESTS]! - before, lastReqBlock: stop.lastReqBlock };
   }
 
   /** The sender's current yield period, ms. */
@@ -54,6 +131,7 @@ export class PreemptSource extends MigrationSource {
 
   /** Requested pages sent on preempt channels so far (this migration). */
   get preemptPages(): number {
+    this.syncServedElsewhere();
     return this.pagesOnPreempt;
   }
 
@@ -72,6 +150,8 @@ export class PreemptSource extends MigrationSource {
   }
 
   private dropPreempt(): void {
+    // the worker's duplicate would keep the connection open
+    this.urgent?.abort();
     this.preemptChannel?.destroy();
     this.preemptChannel = undefined;
     this.preempt = undefined;
@@ -119,15 +199,30 @@ export class PreemptSource extends MigrationSource {
     try {
       return await super.migrate(channel, opts);
     } finally {
+      this.syncServedElsewhere();
+      this.urgent?.close();
       this.preemptChannel?.end();
       this.preempt = undefined;
       this.preemptChannel = undefined;
     }
   }
 
+  /** As MigrationSource.resume(), once the urgent worker let go of the old channels (it claims pages until then). */
+  override async resume(channel: Duplex): Promise<void> {
+    await this.urgent?.idle();
+    return super.resume(channel);
+  }
+
   /** In postcopy, after the last background page: EOS on the preempt channel. */
   protected override async sendRemaining(lastStage: boolean): Promise<void> {
     await super.sendRemaining(lastStage);
-    if (this.saver?.inPostcopy && this.preempt?.usable) await this.preempt.end();
+    if (this.saver?.inPostcopy && this.preempt?.usable) {
+      // No page may follow the EOS: the worker stops (its writes flushed) and is not offered the stream again.
+      this.urgentEnded = true;
+      this.urgent?.abort();
+      await this.urgent?.idle();
+      this.syncServedElsewhere();
+      if (this.preempt?.usable) await this.preempt.end();
+    }
   }
 }

@@ -57,10 +57,12 @@ export class TestGuest implements SourceGuest {
   runState = 'running';
   resumed = 0;
 
-  constructor(layout: { idstr: string; size: number }[]) {
+  /** `shared`: RAM in SharedArrayBuffers (as a VM's, which the source's urgent worker can send from). */
+  constructor(layout: { idstr: string; size: number }[], opts: { shared?: boolean } = {}) {
     let addr = 0;
     this.blocks = layout.map((l) => {
-      const b = { idstr: l.idstr, usedLength: l.size, ramAddr: addr, bytes: new Uint8Array(l.size) };
+      const bytes = new Uint8Array(opts.shared ? new SharedArrayBuffer(l.size) : new ArrayBuffer(l.size));
+      const b = { idstr: l.idstr, usedLength: l.size, ramAddr: addr, bytes };
       addr += l.size;
       return b;
     });

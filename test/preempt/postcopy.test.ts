@@ -3,13 +3,16 @@
  * second, preempt connection): requested pages travel on the preempt
  * channel, never twice, the background on the main channel; completed with
  * RAM equal. A broken preempt channel pauses both sides; after recovery the
- * requests go on the main channel.
+ * requests go on the main channel. Each runs twice: with plain guest RAM
+ * (requests served on the source's main thread) and with shared RAM (served
+ * by its urgent worker, preempt/urgent/, when the native helper is built).
  */
 import { once } from 'node:events';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { PreemptDestination } from '../../src/preempt/destination.js';
 import { PreemptSource } from '../../src/preempt/source.js';
+import { nativeOs } from '../../src/native.js';
 import { fillRandom, TestGuest } from '../engine/helpers.js';
 
 const MiB = 1 << 20;
@@ -37,14 +40,17 @@ async function connections(n: number): Promise<{ client: net.Socket[]; server: n
   return { client, server };
 }
 
-async function setup() {
+type Memory = 'plain' | 'shared';
+const alloc = (memory: Memory, size: number): Uint8Array => new Uint8Array(memory === 'shared' ? new SharedArrayBuffer(size) : new ArrayBuffer(size));
+
+async function setup(memory: Memory) {
   const size = 8 * MiB;
-  const g = new TestGuest([{ idstr: 'ram', size }]);
+  const g = new TestGuest([{ idstr: 'ram', size }], { shared: memory === 'shared' });
   fillRandom(g.blocks[0]!.bytes, 5);
   g.blocks[0]!.bytes.fill(0, 0, 64 * TP); // some zero pages
   // A slow background (4 MiB/s) so that most faulted pages are still missing.
   const src = new PreemptSource(g, { capabilities: { postcopyRam: true }, parameters: { maxPostcopyBandwidth: 4 * MiB } });
-  const ram = { idstr: 'ram', usedLength: size, ramAddr: 0, bytes: new Uint8Array(size) };
+  const ram = { idstr: 'ram', usedLength: size, ramAddr: 0, bytes: alloc(memory, size) };
   const dest = new PreemptDestination({ blocks: [ram], postcopyRam: true });
   const { client, server } = await connections(2);
   src.setPreemptChannel(client[1]!);
@@ -75,7 +81,15 @@ async function setup() {
   return { src, dest, g, ram, client, server, preemptDone, loaded, migrated, faults, faulted };
 }
 
-describe('postcopy with a preempt channel (ours → ours)', () => {
+/** Requests the urgent worker must have served: all of them with shared RAM (and the helper), none with plain RAM. */
+function expectServedBy(memory: Memory, src: PreemptSource, requests: number): void {
+  if (memory === 'shared' && nativeOs()) {
+    expect(src.urgentStats?.runs).toBeGreaterThanOrEqual(1);
+    expect(src.urgentStats?.requests).toBe(requests);
+  } else expect(src.urgentStats).toBeUndefined();
+}
+
+describe.each(['plain', 'shared'] as const)('postcopy with a preempt channel (ours → ours), %s guest RAM', (memory) => {
   it('postcopy never started: completes as precopy, no EOS, the preempt channel is closed at the end', async () => {
     const size = 2 * MiB;
     const g = new TestGuest([{ idstr: 'ram', size }]);
@@ -99,7 +113,7 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
   });
 
   it('serves requested pages on the preempt channel, each page sent once, completes with RAM equal', async () => {
-    const r = await setup();
+    const r = await setup(memory);
     await r.faults(60);
     r.src.setParameters({ maxPostcopyBandwidth: 0 });
     expect(await r.migrated).toBe('completed');
@@ -112,6 +126,7 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
     expect(r.src.preemptPages).toBeGreaterThanOrEqual(r.faulted.length - 3);
     expect(r.dest.faultStats().requests).toBe(r.faulted.length);
     expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBe(r.faulted.length);
+    expectServedBy(memory, r.src, r.faulted.length);
     expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
     // With requests off the main channel, the sender yields every 0.1 ms in postcopy.
     expect(r.src.senderYieldMs).toBe(0.1);
@@ -119,7 +134,7 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
   });
 
   it('a broken preempt channel pauses both sides (as QEMU); after recovery requests go on the main channel, completes', async () => {
-    const r = await setup();
+    const r = await setup(memory);
     await r.faults(10);
     const before = r.src.preemptPages;
     expect(before).toBeGreaterThanOrEqual(8);
@@ -141,5 +156,26 @@ describe('postcopy with a preempt channel (ours → ours)', () => {
     expect(r.dest.preemptPages).toBe(before);
     expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBeGreaterThanOrEqual(r.faulted.length);
     expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+  });
+  it('a reset of the main channel while requests are served pauses both sides; recovered, nothing lost, completes', async () => {
+    const r = await setup(memory);
+    await r.faults(20);
+    const served = r.src.urgentStats?.requests ?? 0;
+    const paused = Promise.all([once(r.dest, 'paused'), once(r.src, 'paused')]);
+    r.client[0]!.resetAndDestroy();
+    await paused;
+    // the preempt channel closes with the pause, whoever held a descriptor of it
+    expect(await r.preemptDone).toMatch(/^error/);
+    const { client, server } = await connections(1);
+    await Promise.all([r.dest.recover(server[0]!), r.src.resume(client[0]!)]);
+    await r.faults(20);
+    r.src.setParameters({ maxPostcopyBandwidth: 0 });
+    expect(await r.migrated).toBe('completed');
+    expect(await r.loaded).toBe('completed');
+    expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+    if (memory === 'shared' && nativeOs()) expect(served).toBe(20);
+    // after the pause requests go on the main channel: the worker served none of them
+    expect(r.src.urgentStats?.requests ?? 0).toBe(served);
+    expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBeGreaterThanOrEqual(40);
   });
 });
