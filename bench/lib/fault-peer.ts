@@ -121,12 +121,12 @@ function loopMonitor(): IntervalHistogram {
 const digest = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 /**
- * Guest RAM as the library allocates it: zeroed, advised for huge pages
- * (unless POSTCOPY_NO_THP=1); the destination's in shared memory, as a guest's
- * RAM is (the bulk worker places pages in it).
+ * Guest RAM as the library allocates it: zeroed, in shared memory (the
+ * destination's bulk worker places pages in it, the source's urgent worker
+ * sends from it), advised for huge pages (unless POSTCOPY_NO_THP=1).
  */
-function block(ramBytes: number, shared = false): EngineRamBlock {
-  const bytes = new Uint8Array(shared ? new SharedArrayBuffer(ramBytes) : new ArrayBuffer(ramBytes));
+function block(ramBytes: number): EngineRamBlock {
+  const bytes = new Uint8Array(new SharedArrayBuffer(ramBytes));
   adviseHugePages(bytes);
   return { idstr: IDSTR, usedLength: ramBytes, ramAddr: 0, bytes };
 }
@@ -224,7 +224,7 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
 }
 
 async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
-  const b = block(init.ramBytes, true);
+  const b = block(init.ramBytes);
   const preempt = init.design.includes('preempt');
   const dest = preempt ? new PreemptDestination({ blocks: [b], postcopyRam: true }) : new MigrationDestination({ blocks: [b], postcopyRam: true });
   const pages = init.ramBytes / TP;
