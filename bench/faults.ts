@@ -17,7 +17,10 @@
  * Options: --quick (256 MiB), --size MiB (default 1024), --idle-faults N
  * (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
  * NAME[,NAME…] (default preempt: requests served on a postcopy-preempt
- * channel, senders and loaders yielding every 0.1 ms; preempt-1ms: the same
+ * channel, senders and loaders yielding every 0.1 ms, the source's urgent
+ * worker serving requests and the destination's bulk worker reading the
+ * background; preempt-main: the same without those worker threads, everything
+ * on the main threads; preempt-1ms: the same
  * with the ordinary 1 ms postcopy yields; preempt-pacedN: preempt with the
  * background paced to N MB/s (default 400) instead of full speed — not the
  * issue's set-up, a reference point; baseline: requests on the main channel), --rounds N (default 1; several

@@ -167,7 +167,9 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   };
   // preempt-1ms: the preempt channel with the engines' ordinary 1 ms postcopy yields.
   const preemptYieldMs = init.design === 'preempt-1ms' ? 1 : undefined;
-  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs }) : new MigrationSource(guest, opts);
+  // preempt-main: no worker threads (requests served and the background read on the main threads).
+  const urgentWorker = init.design !== 'preempt-main';
+  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs, urgentWorker }) : new MigrationSource(guest, opts);
   // Timestamps of request arrival (the return-path reader's 'onPageRequest').
   const requestSeen: Array<[number, number]> = [];
   const handlers = (src as unknown as { returnPathHandlers(): { onPageRequest?: (r: { start: number }) => void } });
@@ -226,7 +228,8 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
 async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<void> {
   const b = block(init.ramBytes);
   const preempt = init.design.includes('preempt');
-  const dest = preempt ? new PreemptDestination({ blocks: [b], postcopyRam: true }) : new MigrationDestination({ blocks: [b], postcopyRam: true });
+  const bulkWorker = init.design !== 'preempt-main';
+  const dest = preempt ? new PreemptDestination({ blocks: [b], postcopyRam: true, bulkWorker }) : new MigrationDestination({ blocks: [b], postcopyRam: true, bulkWorker });
   const pages = init.ramBytes / TP;
   const server = net.createServer({ noDelay: true });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

@@ -6,7 +6,8 @@
  *    the migration completes with RAM equal to QEMU's file.
  *  - our PreemptSource → QEMU destination: QEMU (which waits for both
  *    connections) faults pages (pmemsave of missing pages); we serve them on
- *    the preempt channel; QEMU completes with our RAM.
+ *    the preempt channel — from the main thread with plain guest RAM, from
+ *    the urgent worker with shared RAM; QEMU completes with our RAM.
  */
 import fs from 'node:fs';
 import net from 'node:net';
@@ -14,6 +15,7 @@ import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PreemptDestination } from '../../src/preempt/destination.js';
 import { PreemptSource } from '../../src/preempt/source.js';
+import { nativeOs } from '../../src/native.js';
 import { encodeGlobalState } from '../../src/destination/destination.js';
 import { hasQemu, qemuSkipReason, sleep, startQemu, waitForStatus, type QemuProcess } from '../interop/harness/index.js';
 import { fillRandom, TestGuest } from '../engine/helpers.js';
@@ -102,13 +104,14 @@ describe.skipIf(!hasQemu)(`postcopy-preempt with QEMU 7.2 ${qemuSkipReason}`, ()
     console.log(`QEMU preempt → us: ${st.requests} requests, ${dst.preemptPages} pages on the preempt channel, p50 ${st.p50Us} µs p99 ${st.p99Us} µs`);
   }, 60_000);
 
-  it('our source → QEMU destination: QEMU faults are served on the preempt channel, QEMU completes with our RAM', async () => {
+  it.each(['plain', 'shared'] as const)('our source (%s guest RAM) → QEMU destination: QEMU faults are served on the preempt channel, QEMU completes with our RAM', async (memory) => {
     const port = await freePort();
     const q = await startQemu({ machine: 'none', memory: '64M', ramFill: 'zero', incoming: 'defer' });
     procs.push(q);
     await q.qmp.execute('migrate-set-capabilities', caps(['postcopy-ram', 'postcopy-preempt']));
     await q.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
-    const g = new TestGuest([{ idstr: 'ram', size: 64 * MiB }]);
+    // shared RAM: the requests are served by the source's urgent worker (preempt/urgent/)
+    const g = new TestGuest([{ idstr: 'ram', size: 64 * MiB }], { shared: memory === 'shared' });
     fillRandom(g.blocks[0]!.bytes, 31);
     const src = new PreemptSource(g, { capabilities: { postcopyRam: true }, parameters: { maxBandwidth: 64 * MiB, maxPostcopyBandwidth: 4 * MiB } });
     const main = await connect(port);
@@ -128,6 +131,8 @@ describe.skipIf(!hasQemu)(`postcopy-preempt with QEMU 7.2 ${qemuSkipReason}`, ()
     }
     expect(src.ramStats()['postcopy-requests']).toBeGreaterThanOrEqual(4);
     expect(src.preemptPages).toBeGreaterThanOrEqual(4);
+    if (memory === 'shared' && nativeOs()) expect(src.urgentStats!.requests).toBe(src.ramStats()['postcopy-requests']);
+    else expect(src.urgentStats).toBeUndefined();
     src.setParameters({ maxPostcopyBandwidth: 0 });
     expect(await run).toBe('completed');
     await waitForStatus(q.qmp, 'completed', 10_000);
