@@ -14,8 +14,10 @@
  * met / NOT met. The destination's RAM is checked against the source's.
  * The last line is `RESULT {json}` (bench/lib/fault-stats.ts).
  *
- * Options: --quick (256 MiB), --size MiB (default 1024), --idle-faults N
- * (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
+ * Options: --quick (256 MiB), --size MiB (default 1024), --warmup-faults N
+ * (default 2000: faults made and not counted before the idle phase, which
+ * would otherwise time the JIT's warm-up; bounded by --idle-ms too),
+ * --idle-faults N (default 2000), --idle-ms ms (default 1500 or 500 quick), --design
  * NAME[,NAME…] (default preempt: requests served on a postcopy-preempt
  * channel, senders and loaders yielding every 0.1 ms, the source's urgent
  * worker serving requests and the destination's bulk worker reading the
@@ -66,6 +68,7 @@ const opt = (name: string): string | undefined => {
 const quick = argv.includes('--quick');
 const RAM_BYTES = Number(opt('--size') ?? (quick ? 256 : 1024)) * MiB;
 const IDLE_FAULTS = Number(opt('--idle-faults') ?? 2000);
+const WARMUP_FAULTS = Number(opt('--warmup-faults') ?? 2000);
 const IDLE_MS = Number(opt('--idle-ms') ?? (quick ? 500 : 1500));
 const DESIGNS = (opt('--design') ?? 'preempt').split(',');
 const ROUNDS = Number(opt('--rounds') ?? 1);
@@ -148,7 +151,7 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
     dst.kill();
   }, TIMEOUT_MS);
   try {
-    const common = { ramBytes: RAM_BYTES, design: DESIGN, idleFaults: IDLE_FAULTS, idleMs: IDLE_MS };
+    const common = { ramBytes: RAM_BYTES, design: DESIGN, warmupFaults: WARMUP_FAULTS, idleFaults: IDLE_FAULTS, idleMs: IDLE_MS };
     dst.send({ cmd: 'init', role: 'destination', ...common });
     const { port } = await dst.next('listening');
     src.send({ cmd: 'init', role: 'source', port, ...common });

@@ -33,7 +33,7 @@ const MIN_MISSING = 0.1;
 
 /** Parent → peer. */
 export type PeerCommand =
-  | { cmd: 'init'; role: 'source' | 'destination'; ramBytes: number; design: string; port?: number; idleFaults: number; idleMs: number }
+  | { cmd: 'init'; role: 'source' | 'destination'; ramBytes: number; design: string; port?: number; warmupFaults: number; idleFaults: number; idleMs: number }
   | { cmd: 'fullSpeed' }
   | { cmd: 'go' }
   /** Exit now, cleanly (under --cpu-prof node then writes the profile). */
@@ -297,6 +297,11 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     (recordLegs ? legs : idleLegs).push([p * TP, h0, placedAt, hr()]);
     return us;
   };
+
+  // Warm-up: faults that are not counted (the first ones time the JIT, not the path).
+  const warmEnd = performance.now() + init.idleMs;
+  for (let i = 0; i < init.warmupFaults && !finished && performance.now() < warmEnd; i++) if ((await fault()) < 0) break;
+  idleLegs.length = 0;
 
   // Idle phase: the background is throttled to ~0 on the same connection.
   const idleUs: number[] = [];
