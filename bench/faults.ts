@@ -219,7 +219,7 @@ function report(r: FaultBenchResult, floor?: LoopbackFigures): void {
   printTable(
     `Fault round trip (ensure() of a missing page → page in place and the faulting code resumed), design ${r.design}`,
     ['phase', 'faults', 'p50', 'p99', 'max', 'mean'],
-    [row('idle (background ~0)', r.idle), row('loaded (background full speed)', r.loaded)],
+    [row('idle (background ~0)', r.idle), row(`loaded (background ${/paced/.test(r.design) ? 'paced' : 'full speed'})`, r.loaded)],
   );
   for (const [phase, lg] of [['idle', r.idleLegs], ['loaded', r.legs]] as const) {
     if (lg.toSource.count === 0) {
