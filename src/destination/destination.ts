@@ -145,6 +145,7 @@ export class MigrationDestination extends StreamLoader {
         const gen = this.gen;
         try {
           await this.loadSections(this.reader!, false);
+          if (this.pcState === 'running') await this.postcopyEnd();
           break;
         } catch (e) {
           if (gen === this.gen) {
@@ -177,6 +178,15 @@ export class MigrationDestination extends StreamLoader {
       this.bulk?.close();
     }
     return this.status;
+  }
+
+  /**
+   * The main channel ended a postcopy (its EOF): what else must arrive
+   * before the migration completes (the preempt channel's pages up to its
+   * EOS, in PreemptDestination). An error pauses, as one on the main channel.
+   */
+  protected postcopyEnd(): Promise<void> {
+    return Promise.resolve();
   }
 
   /** The error that failed the load, with its offset. */

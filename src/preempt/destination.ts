@@ -20,11 +20,26 @@ export class PreemptDestination extends MigrationDestination {
   private preemptChannel: Duplex | undefined;
   /** Pages placed by the receivers of earlier preempt channels (before a recovery). */
   private pagesBefore = 0;
+  /** The current preempt channel read to its EOS (undefined once a pause dropped it). */
+  private receiving: Promise<void> | undefined;
 
   constructor(...args: ConstructorParameters<typeof MigrationDestination>) {
     super(...args);
     // QEMU's destination closes the preempt channel too when it pauses; a recovery brings a new one.
-    this.on('paused', () => this.preemptChannel?.destroy());
+    this.on('paused', () => {
+      this.receiving = undefined;
+      this.preemptChannel?.destroy();
+    });
+  }
+
+  /**
+   * The main channel's EOF ends the postcopy only once the preempt channel
+   * has been read to its EOS, which the source sends first (QEMU's
+   * destination joins its preempt thread before it completes): its last
+   * pages may still be in the socket when the main channel ends.
+   */
+  protected override async postcopyEnd(): Promise<void> {
+    await this.receiving;
   }
 
   /** Pages placed from preempt channels so far (all channels of this migration). */
@@ -56,8 +71,12 @@ export class PreemptDestination extends MigrationDestination {
       accepting: () => this.pcState === 'listening' || this.pcState === 'running',
       placed: (idstr, page) => this.ram.onPlaced?.(idstr, page),
     }));
+    const run = rx.run(new ChannelReader(channel));
+    this.receiving = run;
+    // the error is handled below; postcopyEnd() only needs to know the channel is done
+    run.catch(() => undefined);
     try {
-      await rx.run(new ChannelReader(channel));
+      await run;
     } catch (e) {
       // a channel replaced by a recovery's is no reason to pause
       if (this.preemptChannel !== channel) throw e;
