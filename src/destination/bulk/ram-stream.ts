@@ -13,6 +13,7 @@
  */
 import { RamFlag, SectionType, TARGET_PAGE_SIZE } from '../../wire/constants.js';
 import type { PageBits } from '../../engine/ports.js';
+import { PushParser } from '../../wire/push-parser.js';
 
 const TP = TARGET_PAGE_SIZE;
 const TWO_32 = 0x1_0000_0000;
@@ -45,19 +46,12 @@ export interface ParserStart {
   lastBlock: string | undefined;
 }
 
-export class RamStreamParser {
+export class RamStreamParser extends PushParser {
   at: ResumePoint;
   sectionId: number;
   lastBlock: BulkBlock | undefined;
-  /** Set at the first item not taken; push() takes nothing more. */
-  stopped = false;
   readonly counters = { normal: 0, zero: 0 };
-  /** Bytes taken (parsed and applied). */
-  consumed = 0;
   private readonly byName = new Map<string, BulkBlock>();
-  private readonly carry = new Uint8Array(MAX_ITEM);
-  private carryLen = 0;
-  private leftover: Uint8Array[] = [];
   /** Plain page-aligned buffer: copies into shared memory are fast only when co-aligned. */
   private readonly bounce = new Uint8Array(TP);
 
@@ -69,78 +63,14 @@ export class RamStreamParser {
     /** A placed page a fault was waiting for. */
     private readonly wantedPlaced: (idstr: string, page: number) => void,
   ) {
+    super(MAX_ITEM);
     for (const b of blocks) this.byName.set(b.idstr, b);
     this.at = start.at;
     this.sectionId = start.sectionId;
     this.lastBlock = start.lastBlock === undefined ? undefined : this.byName.get(start.lastBlock);
   }
 
-  /** The bytes not taken, in order: held back at a stop, or an incomplete item at the end. */
-  rest(): Uint8Array {
-    const parts = this.stopped ? this.leftover : [this.carry.subarray(0, this.carryLen)];
-    const n = parts.reduce((a, p) => a + p.length, 0);
-    const out = new Uint8Array(n);
-    let o = 0;
-    for (const p of parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
-  }
-
-  /** Takes every complete item of `chunk` it can (the chunk may be reused after the call). */
-  push(chunk: Uint8Array): void {
-    if (this.stopped) {
-      this.leftover.push(chunk.slice());
-      return;
-    }
-    let pos = 0;
-    if (this.carryLen > 0) {
-      const had = this.carryLen;
-      const take = Math.min(chunk.length, MAX_ITEM - had);
-      this.carry.set(chunk.subarray(0, take), had);
-      const n = this.item(this.carry, 0, had + take);
-      if (n === 0) {
-        if (had + take === MAX_ITEM) throw new Error('ram stream: an item longer than the longest item');
-        this.carryLen = had + take;
-        return;
-      }
-      if (n < 0) {
-        this.stop([this.carry.slice(0, had), chunk.slice()]);
-        return;
-      }
-      this.consumed += n;
-      pos = n - had;
-      this.carryLen = 0;
-    }
-    const end = chunk.length;
-    while (pos < end) {
-      const n = this.item(chunk, pos, end);
-      if (n > 0) {
-        pos += n;
-        this.consumed += n;
-      } else if (n < 0) {
-        this.stop([chunk.slice(pos)]);
-        return;
-      } else {
-        this.carry.set(chunk.subarray(pos), 0);
-        this.carryLen = end - pos;
-        return;
-      }
-    }
-  }
-
-  private stop(parts: Uint8Array[]): void {
-    this.stopped = true;
-    this.leftover = parts;
-    this.carryLen = 0;
-  }
-
-  /**
-   * Parses and applies one item at b[p..end): its length, 0 when incomplete,
-   * -1 when it is not ours. Nothing changes unless the item is taken.
-   */
-  private item(b: Uint8Array, p: number, end: number): number {
+  protected item(b: Uint8Array, p: number, end: number): number {
     const have = end - p;
     switch (this.at) {
       case 'section': {

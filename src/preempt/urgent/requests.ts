@@ -8,6 +8,7 @@
  * what follows, for that reader — which then answers with QEMU's words.
  */
 import { RpMsg, TARGET_PAGE_SIZE } from '../../wire/constants.js';
+import { PushParser } from '../../wire/push-parser.js';
 
 const TP = TARGET_PAGE_SIZE;
 /** The longest request: header, start, length, a counted name of 255 bytes. */
@@ -19,18 +20,11 @@ export interface RequestBlock {
   usedLength: number;
 }
 
-export class RequestParser {
-  /** Set at the first message not taken; push() takes nothing more. */
-  stopped = false;
-  /** Bytes taken. */
-  consumed = 0;
+export class RequestParser extends PushParser {
   /** Requests taken. */
   requests = 0;
   private readonly byName = new Map<string, number>();
   private last: number | undefined;
-  private readonly carry = new Uint8Array(MAX_REQUEST);
-  private carryLen = 0;
-  private leftover: Uint8Array[] = [];
 
   constructor(
     private readonly blocks: readonly RequestBlock[],
@@ -39,6 +33,7 @@ export class RequestParser {
     /** A request: block index, start and length in bytes (page aligned, in range). */
     private readonly serve: (block: number, start: number, length: number) => void,
   ) {
+    super(MAX_REQUEST);
     blocks.forEach((b, i) => this.byName.set(b.idstr, i));
     this.last = lastReqBlock === undefined ? undefined : this.byName.get(lastReqBlock);
   }
@@ -48,66 +43,8 @@ export class RequestParser {
     return this.last === undefined ? undefined : this.blocks[this.last]!.idstr;
   }
 
-  /** The bytes not taken, in order. */
-  rest(): Uint8Array {
-    const parts = this.stopped ? this.leftover : [this.carry.subarray(0, this.carryLen)];
-    const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-    let o = 0;
-    for (const p of parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
-  }
-
-  /** Takes every complete request of `chunk` it can (the chunk may be reused after the call). */
-  push(chunk: Uint8Array): void {
-    if (this.stopped) {
-      this.leftover.push(chunk.slice());
-      return;
-    }
-    let pos = 0;
-    if (this.carryLen > 0) {
-      const had = this.carryLen;
-      const take = Math.min(chunk.length, MAX_REQUEST - had);
-      this.carry.set(chunk.subarray(0, take), had);
-      const n = this.message(this.carry, 0, had + take);
-      if (n === 0) {
-        this.carryLen = had + take;
-        return;
-      }
-      if (n < 0) {
-        this.stop([this.carry.slice(0, had), chunk.slice()]);
-        return;
-      }
-      this.consumed += n;
-      pos = n - had;
-      this.carryLen = 0;
-    }
-    while (pos < chunk.length) {
-      const n = this.message(chunk, pos, chunk.length);
-      if (n > 0) {
-        pos += n;
-        this.consumed += n;
-      } else if (n < 0) {
-        this.stop([chunk.slice(pos)]);
-        return;
-      } else {
-        this.carry.set(chunk.subarray(pos), 0);
-        this.carryLen = chunk.length - pos;
-        return;
-      }
-    }
-  }
-
-  private stop(parts: Uint8Array[]): void {
-    this.stopped = true;
-    this.leftover = parts;
-    this.carryLen = 0;
-  }
-
   /** One message at b[p..end): its length when taken, 0 when incomplete, -1 when not ours. */
-  private message(b: Uint8Array, p: number, end: number): number {
+  protected item(b: Uint8Array, p: number, end: number): number {
     const have = end - p;
     if (have < 4) return 0;
     const type = (b[p]! << 8) | b[p + 1]!;
