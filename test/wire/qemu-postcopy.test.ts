@@ -293,7 +293,9 @@ describe.skipIf(!existsSync(QEMU))('postcopy commands against a real QEMU 7.2 de
     ]);
     let stderr = '';
     proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number | null>((r) => proc.on('exit', (c) => r(c)));
+    // QEMU exits with status 1; now and then its postcopy listen thread (started by LISTEN)
+    // crashes it during that exit instead: the refusal itself is what is checked.
+    const exited = new Promise<number | string | null>((r) => proc.on('exit', (c, sig) => r(c ?? sig)));
     try {
       await waitFor(qmpSock);
       const qmp = await qmpClient(qmpSock);
@@ -321,7 +323,7 @@ describe.skipIf(!existsSync(QEMU))('postcopy commands against a real QEMU 7.2 de
       encodeCommand(w, { kind: 'packaged', length: blob.length });
       w.bytes(blob);
       await w.flush();
-      expect(await exited).toBe(1);
+      expect([1, 'SIGSEGV', 'SIGABRT', 'SIGBUS']).toContain(await exited);
       expect(stderr).toContain('CMD_POSTCOPY_RUN in wrong postcopy state (2)');
       sock.destroy();
     } finally {
