@@ -15,14 +15,10 @@
  * memory. Otherwise the loader reads the bulk stream on the main thread, as
  * before. POSTCOPY_BULK_WORKER=0 in the environment turns it off.
  */
-import { Worker } from 'node:worker_threads';
 import type { Readable } from 'node:stream';
 import type { ChannelReader } from '../../engine/bytes.js';
 import type { EngineRamBlock, PageBits } from '../../engine/ports.js';
-import { PostcopyError } from '../../errors.js';
-import { nativeOs } from '../../native.js';
-import { socketFd } from '../../transport/hold.js';
-import { workerFile } from '../../threads.js';
+import { ChannelWorker, workerFile } from '../../threads.js';
 import type { FromWorker, ToWorker } from './messages.js';
 import type { BulkBlock, ParserStart } from './ram-stream.js';
 
@@ -32,41 +28,36 @@ export type BulkStop = Extract<FromWorker, { type: 'stopped' }>;
 const isShared = (a: ArrayBufferView): boolean => a.buffer instanceof SharedArrayBuffer;
 
 export class BulkReader {
-  private worker: Worker | undefined;
   private readonly wantedBits = new Map<string, Uint32Array>();
-  /** Bytes the worker read from sockets (written by the worker only). */
-  private readonly read = new Float64Array(new SharedArrayBuffer(8));
   private seenRead = 0;
-  private stopped: ((m: BulkStop) => void) | undefined;
   /** Runs so far and pages placed by the worker (all runs). */
   readonly stats = { runs: 0, normal: 0, zero: 0, bytes: 0 };
 
-  private constructor(private readonly onWanted: (idstr: string, page: number) => void) {}
+  private constructor(
+    private readonly worker: ChannelWorker<BulkStop>,
+    /** Bytes the worker read from sockets (written by the worker only). */
+    private readonly read: Float64Array,
+  ) {}
 
   /**
    * A bulk reader when the bulk stream can be read by a worker: the native
    * helper is built and not turned off, and the worker's file exists.
    */
   static create(onWanted: (idstr: string, page: number) => void): BulkReader | undefined {
-    if (process.env.POSTCOPY_BULK_WORKER === '0' || !nativeOs()) return undefined;
     const file = workerFile(import.meta.url, 'worker.js', 'destination/bulk');
-    if (!file) return undefined;
-    const r = new BulkReader(onWanted);
-    r.worker = new Worker(file, { workerData: { bytesRead: r.read.buffer } });
-    r.worker.unref();
-    r.worker.on('message', (m: FromWorker) => {
-      if (m.type === 'wanted') r.onWanted(m.idstr, m.page);
-      else r.stopped?.(m);
-    });
-    // A worker that failed or was ended ends the run it was in: the stream is lost then (a pause follows).
-    const died = (error: string): void => {
-      const stop = r.stopped;
-      r.worker = undefined;
-      stop?.({ type: 'stopped', reason: 'error', error, at: 'section', sectionId: -1, lastBlock: undefined, consumed: 0, rest: new Uint8Array(0), counters: { normal: 0, zero: 0 } });
-    };
-    r.worker.on('error', (e) => died(e.message));
-    r.worker.on('exit', (code) => died(`exited (${code})`));
-    return r;
+    if (!file || !ChannelWorker.available('POSTCOPY_BULK_WORKER')) return undefined;
+    const read = new Float64Array(new SharedArrayBuffer(8));
+    const worker = new ChannelWorker<BulkStop>(
+      'bulk worker',
+      file,
+      { bytesRead: read.buffer },
+      (error) => ({ type: 'stopped', reason: 'error', error, at: 'section', sectionId: -1, lastBlock: undefined, consumed: 0, rest: new Uint8Array(0), counters: { normal: 0, zero: 0 } }),
+      (m) => {
+        const w = m as FromWorker;
+        if (w.type === 'wanted') onWanted(w.idstr, w.page);
+      },
+    );
+    return new BulkReader(worker, read);
   }
 
   /** True when these blocks can be shared with the worker. */
@@ -106,7 +97,7 @@ export class BulkReader {
 
   /** True while a run is in progress. */
   get running(): boolean {
-    return this.stopped !== undefined;
+    return this.worker.running;
   }
 
   /**
@@ -116,18 +107,7 @@ export class BulkReader {
    * socket, ended): nothing changed then.
    */
   async run(channel: Readable, reader: ChannelReader, blocks: readonly { block: EngineRamBlock; bits: PageBits }[], ramSections: number[], start: ParserStart): Promise<BulkStop | undefined> {
-    const worker = this.worker;
-    const fd = socketFd(channel);
-    if (!worker || fd === undefined || this.running || !BulkReader.sharable(blocks)) return undefined;
-    const held = reader.hold();
-    if (!held) return undefined;
-    let copy: number;
-    try {
-      copy = nativeOs()!.dup(fd);
-    } catch {
-      reader.release(held.offset, held.bytes);
-      return undefined;
-    }
+    if (!BulkReader.sharable(blocks)) return undefined;
     const bulkBlocks: BulkBlock[] = blocks.map(({ block, bits }) => ({
       idstr: block.idstr,
       usedLength: block.usedLength,
@@ -136,36 +116,27 @@ export class BulkReader {
       wanted: this.wanted(block.idstr, bits.length * 32),
       zeroed: block.zeroed === true,
     }));
-    const done = new Promise<BulkStop>((resolve) => (this.stopped = resolve));
-    const msg: ToWorker = { type: 'run', fd: copy, prefix: held.bytes, blocks: bulkBlocks, ramSections, start };
-    worker.postMessage(msg);
-    // Closed here (destroyed by its owner): the worker's duplicate must not keep the connection open.
-    const onClose = (): void => this.abort();
-    channel.once('close', onClose);
-    const stop = await done;
-    channel.off('close', onClose);
-    this.stopped = undefined;
-    if (!this.worker) {
-      // The worker died: what it had read is lost, so the stream cannot go on (a pause, then a recovery).
-      reader.release(held.offset, new Uint8Array(0));
-      throw new PostcopyError('IO', `bulk worker: ${stop.error ?? 'ended'}`);
-    }
+    const stop = await this.worker.run(
+      reader,
+      [channel],
+      (prefix, [fd]) => ({ type: 'run', fd: fd!, prefix, blocks: bulkBlocks, ramSections, start }) satisfies ToWorker,
+      { type: 'abort' } satisfies ToWorker,
+    );
+    if (!stop) return undefined;
     this.stats.runs++;
     this.stats.normal += stop.counters.normal;
     this.stats.zero += stop.counters.zero;
     this.stats.bytes += stop.consumed;
-    reader.release(held.offset + stop.consumed, stop.rest);
     return stop;
   }
 
   /** Ends the current run now (the channel is being closed: a pause). */
   abort(): void {
-    if (this.running) this.worker?.postMessage({ type: 'abort' } satisfies ToWorker);
+    this.worker.abort({ type: 'abort' } satisfies ToWorker);
   }
 
   /** Ends the worker (the migration is over). */
   close(): void {
-    const w = this.worker;
-    if (w) void w.terminate();
+    this.worker.close();
   }
 }
