@@ -8,7 +8,6 @@
  * started) lets the main thread read on from exactly there.
  */
 import { existsSync } from 'node:fs';
-import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +16,7 @@ import type { ChannelReader } from './engine/bytes.js';
 import { PostcopyError } from './errors.js';
 import { findPackageRoot } from './hotpath/wasm.js';
 import { nativeOs } from './native.js';
-import { socketFd } from './transport/hold.js';
+import { closeDescriptor, socketFd } from './transport/hold.js';
 
 /**
  * Where a worker thread's compiled file is: beside the calling module when
@@ -116,8 +115,7 @@ export class ChannelWorker<Stop extends ChannelStop> {
     try {
       for (const fd of fds) copies.push(nativeOs()!.dup(fd!));
     } catch {
-      // a socket handle closes a descriptor fs did not open without a warning from Node
-      for (const fd of copies) new Socket({ fd, readable: false, writable: false }).destroy();
+      for (const fd of copies) closeDescriptor(fd);
       reader.release(held.offset, held.bytes);
       return undefined;
     }

@@ -10,10 +10,10 @@
  * A byte counter in shared memory tells the main thread's watchdog that data
  * arrives.
  */
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
+import { closeDescriptor, readDuplicate } from '../../transport/hold.js';
 import { RamStreamParser } from './ram-stream.js';
-import type { OnReadOpts } from 'node:net';
 import type { FromWorker, StopReason, ToWorker } from './messages.js';
 
 /** Bytes per read. */
@@ -40,9 +40,8 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
     if (done) return;
     done = true;
     abortCurrent = undefined;
-    // The descriptor is closed through a socket handle even when none read it: fs.closeSync
-    // of a descriptor this thread did not open through fs draws a warning from Node.
-    (socket ?? new Socket({ fd: m.fd, readable: false, writable: false })).destroy();
+    if (socket) socket.destroy();
+    else closeDescriptor(m.fd);
     post({
       type: 'stopped',
       reason,
@@ -58,26 +57,14 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
   abortCurrent = () => finish('abort');
   parser.push(m.prefix);
   if (parser.stopped) return finish('item');
-  // `onread` is accepted by the constructor (Node ≥ 12) though @types/node lists it only for connect()
-  const opts: ConstructorParameters<typeof Socket>[0] & { onread: OnReadOpts } = {
-    fd: m.fd,
-    readable: true,
-    writable: false,
-    // never shut the socket down: the main thread writes the return path on it
-    allowHalfOpen: true,
-    onread: {
-      buffer,
-      callback: (n: number, buf: Uint8Array): boolean => {
-        bytesRead[0] += n;
-        parser.push(buf.subarray(0, n));
-        if (!parser.stopped) return true;
-        queueMicrotask(() => finish('item'));
-        return false;
-      },
+  socket = readDuplicate(
+    m.fd,
+    buffer,
+    (bytes) => {
+      bytesRead[0] += bytes.length;
+      parser.push(bytes);
+      return !parser.stopped;
     },
-  };
-  socket = new Socket(opts);
-  socket.on('end', () => finish('eof'));
-  socket.on('close', () => finish('eof'));
-  socket.on('error', (e) => finish('error', e.message));
+    (why, error) => finish(why === 'taken' ? 'item' : why, error),
+  );
 }

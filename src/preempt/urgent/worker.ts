@@ -10,9 +10,10 @@
  * or an abort, the worker waits until its preempt writes are with the
  * kernel, closes both duplicates and hands the return path back.
  */
-import { Socket, type OnReadOpts } from 'node:net';
+import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RamFlag, TARGET_PAGE_SIZE } from '../../wire/constants.js';
+import { closeDescriptor, readDuplicate } from '../../transport/hold.js';
 import { RequestParser } from './requests.js';
 import { Counter, type FromWorker, type StopReason, type ToWorker, type UrgentBlock } from './messages.js';
 
@@ -121,7 +122,8 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
     done = true;
     abortCurrent = undefined;
     // closes the duplicate only: the main thread keeps writing the main channel
-    (input ?? new Socket({ fd: m.rpFd, readable: false, writable: false })).destroy();
+    if (input) input.destroy();
+    else closeDescriptor(m.rpFd);
     const stopped = (): void => {
       out.destroy();
       port.postMessage({
@@ -146,23 +148,13 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
   abortCurrent = () => finish('abort');
   parser.push(m.prefix);
   if (parser.stopped) return finish('message');
-  const opts: ConstructorParameters<typeof Socket>[0] & { onread: OnReadOpts } = {
-    fd: m.rpFd,
-    readable: true,
-    writable: false,
-    allowHalfOpen: true,
-    onread: {
-      buffer: readBuffer,
-      callback: (n: number, buf: Uint8Array): boolean => {
-        parser.push(buf.subarray(0, n));
-        if (!parser.stopped) return true;
-        queueMicrotask(() => finish('message'));
-        return false;
-      },
+  input = readDuplicate(
+    m.rpFd,
+    readBuffer,
+    (bytes) => {
+      parser.push(bytes);
+      return !parser.stopped;
     },
-  };
-  input = new Socket(opts);
-  input.on('end', () => finish('eof'));
-  input.on('close', () => finish('eof'));
-  input.on('error', (e) => finish('error', e.message));
+    (why, error) => finish(why === 'taken' ? 'message' : why, error),
+  );
 }
