@@ -81,6 +81,17 @@ async function setup(memory: Memory) {
   return { src, dest, g, ram, client, server, preemptDone, loaded, migrated, faults, faulted };
 }
 
+/** Recovery over one new connection (no preempt channel), 20 more faults, then the background at full speed: completed, RAM equal. */
+async function recoverAndComplete(r: Awaited<ReturnType<typeof setup>>): Promise<void> {
+  const { client, server } = await connections(1);
+  await Promise.all([r.dest.recover(server[0]!), r.src.resume(client[0]!)]);
+  await r.faults(20);
+  r.src.setParameters({ maxPostcopyBandwidth: 0 });
+  expect(await r.migrated).toBe('completed');
+  expect(await r.loaded).toBe('completed');
+  expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+}
+
 /** Requests the urgent worker must have served: all of them with shared RAM (and the helper), none with plain RAM. */
 function expectServedBy(memory: Memory, src: PreemptSource, requests: number): void {
   if (memory === 'shared' && nativeOs()) {
@@ -144,12 +155,7 @@ describe.each(['plain', 'shared'] as const)('postcopy with a preempt channel (ou
     expect(await r.preemptDone).toMatch(/^error/);
     expect(r.dest.status).toBe('postcopy-paused');
     expect(r.src.status).toBe('postcopy-paused');
-    const { client, server } = await connections(1);
-    await Promise.all([r.dest.recover(server[0]!), r.src.resume(client[0]!)]);
-    await r.faults(20);
-    r.src.setParameters({ maxPostcopyBandwidth: 0 });
-    expect(await r.migrated).toBe('completed');
-    expect(await r.loaded).toBe('completed');
+    await recoverAndComplete(r);
     expect(r.faulted.length).toBeGreaterThanOrEqual(25);
     expect(r.src.preemptPages).toBe(before); // none after the pause: the channel was dropped
     expect(r.src.senderYieldMs).toBe(0.1); // set at the switchover
@@ -166,13 +172,7 @@ describe.each(['plain', 'shared'] as const)('postcopy with a preempt channel (ou
     await paused;
     // the preempt channel closes with the pause, whoever held a descriptor of it
     expect(await r.preemptDone).toMatch(/^error/);
-    const { client, server } = await connections(1);
-    await Promise.all([r.dest.recover(server[0]!), r.src.resume(client[0]!)]);
-    await r.faults(20);
-    r.src.setParameters({ maxPostcopyBandwidth: 0 });
-    expect(await r.migrated).toBe('completed');
-    expect(await r.loaded).toBe('completed');
-    expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
+    await recoverAndComplete(r);
     if (memory === 'shared' && nativeOs()) expect(served).toBe(20);
     // after the pause requests go on the main channel: the worker served none of them
     expect(r.src.urgentStats?.requests ?? 0).toBe(served);
