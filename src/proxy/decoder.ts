@@ -38,7 +38,8 @@ export type ProxyFieldValue = string | number | boolean | null | ProxyFieldValue
  * `VMDESCRIPTION`, MIG_CMD names (`OPEN_RETURN_PATH`, `PING`,
  * `POSTCOPY_ADVISE`, `POSTCOPY_RAM_DISCARD`, `PACKAGED`, `POSTCOPY_LISTEN`,
  * `POSTCOPY_RUN`, `POSTCOPY_RESUME`, `RECV_BITMAP`, `ENABLE_COLO`), RAM records
- * (`MEM_SIZE`, `ZERO`, `PAGE`, `XBZRLE`, `COMPRESS_PAGE`, `EOS`); return path
+ * (`MEM_SIZE`, `ZERO`, `PAGE`, `XBZRLE`, `COMPRESS_PAGE`, `EOS`; on a
+ * postcopy-preempt connection `PAGE`, `ZERO`, `EOS` with `preempt: true`); return path
  * `SHUT`, `PONG`, `REQ_PAGES_ID`, `REQ_PAGES`, `RECV_BITMAP`,
  * `RECV_BITMAP_DATA` (the out-of-band bitmap), `RESUME_ACK`.
  */
@@ -143,6 +144,9 @@ export async function decodeMainStream(
   };
   const first = await reader.peekU8();
   if (first === undefined) return;
+  // A main stream starts with the magic, a recovery channel with a command; a first byte of 0 is
+  // the top of a RAM record's offset word: a postcopy-preempt channel (SPEC §6.5).
+  if (first === 0) return decodePreemptChannel(reader, emit, progress);
   if (first === MAGIC_FIRST_BYTE) {
     // A stream with a header is a new migration: forget what earlier connections set up.
     session.reset();
@@ -224,6 +228,28 @@ export async function decodeMainStream(
     }
     await decode((c) => (decodeFooter(c, s.sectionId, idstr), true));
     progress?.(reader.offset);
+  }
+}
+
+/**
+ * A postcopy-preempt channel: raw PAGE/ZERO records (the CONTINUE rule of
+ * this channel alone) until one EOS. Items carry `preempt: true`.
+ */
+async function decodePreemptChannel(reader: StreamReader, emit: ItemSink, progress?: (offset: number) => void): Promise<void> {
+  const ram = new RamRecordDecoder({ postcopy: true });
+  const ramDecode = (c: ByteCursor): RamRecord => ram.decode(c);
+  for (;;) {
+    if (await reader.atEnd()) return;
+    const at = reader.offset;
+    let rec = reader.tryDecode(ramDecode);
+    if (rec === undefined) rec = await reader.decode(ramDecode);
+    if (rec.kind !== 'page' && rec.kind !== 'zero' && rec.kind !== 'eos') {
+      throw new ProtocolError('preempt channel', `a ${rec.kind} record on the preempt channel`, at);
+    }
+    const { kind, fields } = ramItem(rec);
+    emit({ dir: 'main', kind, at, end: reader.offset, fields: { ...fields, preempt: true } });
+    progress?.(reader.offset);
+    if (rec.kind === 'eos') return;
   }
 }
 

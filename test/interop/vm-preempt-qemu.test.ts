@@ -110,6 +110,11 @@ describe.skipIf(!hasQemu)(`postcopy-preempt: postcopy vm ⇄ QEMU 7.2 -M none ${
     const direct = `tcp:127.0.0.1:${await listeningPort(v.qmp)}`;
     const proxy = new FaultProxy({ listen: 'tcp:127.0.0.1:0', target: direct });
     proxies.push(proxy);
+    // the proxy decodes the preempt connections too: raw page records, then QEMU's EOS
+    const preemptItems: Array<[number, string]> = [];
+    proxy.on('item', (it: { kind: string; fields: Record<string, unknown> }, conn: number) => {
+      if (it.fields['preempt'] === true) preemptItems.push([conn, it.kind]);
+    });
     await proxy.listen();
     await q.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'max-postcopy-bandwidth': 4 * MiB });
     await q.qmp.execute('migrate', { uri: proxy.uri });
@@ -146,6 +151,10 @@ describe.skipIf(!hasQemu)(`postcopy-preempt: postcopy vm ⇄ QEMU 7.2 -M none ${
     const preemptConns = mode === 'plain' ? [conns[1]!] : [conns[1]!, conns[3]!];
     // the preempt connections carry no return path and at least the pages placed from them
     for (const c of preemptConns) expect(c.bytes.rp).toBe(0);
+    const preemptIds = preemptConns.map((c) => c.conn);
+    expect(preemptItems.every(([conn]) => preemptIds.includes(conn))).toBe(true);
+    expect(preemptItems.filter(([, kind]) => kind === 'PAGE' || kind === 'ZERO').length).toBeGreaterThanOrEqual(pages);
+    expect(preemptItems.at(-1)).toEqual([preemptIds.at(-1), 'EOS']);
     expect(preemptConns.reduce((n, c) => n + c.bytes.main, 0)).toBeGreaterThanOrEqual(pages * TP);
     if (mode === 'reset cut') expect(pages).toBeGreaterThan(before);
     const lat = d['x-postcopy-fault-latency'] as Record<string, number>;

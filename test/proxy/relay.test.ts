@@ -11,6 +11,7 @@ import { parseCutOn } from '../../src/proxy/cut.js';
 import { formatRecords, readRecordFile } from '../../src/proxy/record.js';
 import { encodeRpMessage } from '../../src/wire/return-path.js';
 import { ByteWriter } from '../../src/wire/writer.js';
+import { RamRecordEncoder } from '../../src/wire/ram.js';
 import { postcopyStream } from '../inspect/streams.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'proxy-test-'));
@@ -100,6 +101,35 @@ describe('relay', () => {
     const ended = new Promise<void>((r) => srv.once('end', r));
     c.end();
     await ended;
+  });
+
+  it('a postcopy-preempt connection (first byte 0: a RAM record) is decoded as raw page records to its EOS', async () => {
+    const t = await target('tcp');
+    const p = await proxy({ target: t.uri });
+    const items: ProxyItem[] = [];
+    const decodeErrors: Error[] = [];
+    p.on('item', (it: ProxyItem) => items.push(it));
+    p.on('decode-error', (e: Error) => decodeErrors.push(e));
+    const w = new ByteWriter();
+    const enc = new RamRecordEncoder();
+    enc.page(w, 'pc.ram', 0x3000, new Uint8Array(4096).fill(7));
+    enc.zero(w, 'pc.ram', 0x5000);
+    enc.page(w, 'pc.ram', 0x1000, new Uint8Array(4096).fill(9));
+    enc.eos(w);
+    const bytes = w.toBytes();
+    const c = await connectTo(p.uri);
+    await writeRandomly(c, bytes);
+    await until(() => total(t.received).length === bytes.length && items.length === 4);
+    expect(Buffer.compare(total(t.received), Buffer.from(bytes))).toBe(0);
+    expect(decodeErrors).toEqual([]);
+    expect(items.map((i) => [i.kind, i.fields['block'], i.fields['offset'], i.fields['preempt']])).toEqual([
+      ['PAGE', 'pc.ram', 0x3000, true],
+      ['ZERO', 'pc.ram', 0x5000, true],
+      ['PAGE', 'pc.ram', 0x1000, true],
+      ['EOS', undefined, undefined, true],
+    ]);
+    expect(items.map((i) => i.at)).toEqual([0, 8 + 7 + 4096, 8 + 7 + 4096 + 9, 8 + 7 + 4096 + 9 + 8 + 4096]);
+    c.destroy();
   });
 
   it('a real stream goes through unchanged and its items are decoded and counted', async () => {
