@@ -86,6 +86,8 @@ class Pipe {
   holdTimer: NodeJS.Timeout | undefined;
   /** `received` when the hold timer was (re)started. */
   receivedAtHold = 0;
+  /** Reading `from` is paused until `to` drains (one 'drain' listener however many writes were refused). */
+  awaitingDrain = false;
   readonly queue = new ChunkQueue();
   constructor(
     readonly dir: ProxyDirection,
@@ -366,9 +368,13 @@ export class FaultProxy extends EventEmitter {
     if (cutHere) data = data.subarray(0, p.limit - p.relayed);
     if (data.length > 0) {
       p.relayed += data.length;
-      if (!p.to.write(data) && !cutHere) {
+      if (!p.to.write(data) && !cutHere && !p.awaitingDrain) {
         p.from.pause();
-        p.to.once('drain', () => c.state === 'open' && p.from.resume());
+        p.awaitingDrain = true;
+        p.to.once('drain', () => {
+          p.awaitingDrain = false;
+          if (c.state === 'open') p.from.resume();
+        });
       }
     }
     if (cutHere) {
