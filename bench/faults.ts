@@ -222,11 +222,6 @@ function report(r: FaultBenchResult, floor?: LoopbackFigures): void {
     [row('idle (background ~0)', r.idle), row(`loaded (background ${/paced/.test(r.design) ? 'paced' : 'full speed'})`, r.loaded)],
   );
   for (const [phase, lg] of [['idle', r.idleLegs], ['loaded', r.legs]] as const) {
-    if (lg.toSource.count === 0) {
-      // the source's urgent worker serves requests off its main thread, where the timestamps are taken
-      console.log(`${phase} round trip by leg: not measured (requests served by the source's urgent worker)`);
-      continue;
-    }
     console.log(
       `${phase} round trip by leg, p50 / p99: request → read by the source ${fmtUs(lg.toSource.p50Us)} / ${fmtUs(lg.toSource.p99Us)}; → page placed on the destination ${fmtUs(lg.toPlaced.p50Us)} / ${fmtUs(lg.toPlaced.p99Us)}; → faulting code resumed ${fmtUs(lg.toResumed.p50Us)} / ${fmtUs(lg.toResumed.p99Us)}`,
     );

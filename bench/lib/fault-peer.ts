@@ -169,7 +169,8 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   const preemptYieldMs = init.design === 'preempt-1ms' ? 1 : undefined;
   // preempt-main: no worker threads (requests served and the background read on the main threads).
   const urgentWorker = init.design !== 'preempt-main';
-  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs, urgentWorker }) : new MigrationSource(guest, opts);
+  // the urgent worker timestamps the requests it reads (the legs of a round trip)
+  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs, urgentWorker, traceUrgentRequests: 1 << 20 }) : new MigrationSource(guest, opts);
   // Timestamps of request arrival (the return-path reader's 'onPageRequest').
   const requestSeen: Array<[number, number]> = [];
   const handlers = (src as unknown as { returnPathHandlers(): { onPageRequest?: (r: { start: number }) => void } });
@@ -215,7 +216,7 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   send({
     ev: 'sourceResult',
     status,
-    requestSeen,
+    requestSeen: src instanceof PreemptSource ? [...requestSeen, ...src.urgentRequestTimes] : requestSeen,
     preemptPages: src instanceof PreemptSource ? src.preemptPages : 0,
     postcopyRequests: info.ram?.['postcopy-requests'] ?? 0,
     ignoredRequests: src.ignoredRequestPages,

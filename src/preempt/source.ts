@@ -41,6 +41,8 @@ export interface PreemptSourceOptions extends SourceOptions {
    * POSTCOPY_URGENT_WORKER=0 turns it off too. Default true.
    */
   urgentWorker?: boolean;
+  /** Benchmarks: the urgent worker records when it read each of the first N page requests (urgentRequestTimes). */
+  traceUrgentRequests?: number;
 }
 
 /** A MigrationSource with a postcopy-preempt channel. */
@@ -64,7 +66,7 @@ export class PreemptSource extends MigrationSource {
       if (!this.preempt?.usable) return;
       this.yieldEveryMs = opts.preemptYieldMs ?? PREEMPT_YIELD_EVERY_MS;
       if (opts.urgentWorker !== false && !this.urgent && UrgentServer.sharable(this.urgentBlocks())) {
-        this.urgent = UrgentServer.create();
+        this.urgent = UrgentServer.create(opts.traceUrgentRequests);
         const c = this.urgent?.counters;
         if (c) this.saver!.shareClaims(() => c[Counter.CLAIMED]!);
       }
@@ -81,6 +83,11 @@ export class PreemptSource extends MigrationSource {
   get urgentStats(): { runs: number; requests: number; pages: number } | undefined {
     const u = this.urgent;
     return u && { runs: u.runs, requests: u.counters[Counter.REQUESTS]!, pages: u.counters[Counter.CLAIMED]! };
+  }
+
+  /** With `traceUrgentRequests`: [request start, process.hrtime ns when the urgent worker read it]. */
+  get urgentRequestTimes(): Array<[number, number]> {
+    return this.urgent?.requestTimes() ?? [];
   }
 
   /** Adds what the urgent worker did since the last call to this source's counters. */

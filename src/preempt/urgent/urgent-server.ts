@@ -27,14 +27,20 @@ export class UrgentServer {
     private readonly worker: ChannelWorker<UrgentStop>,
     /** What the worker did, all runs (Counter indices); written by the worker only. */
     readonly counters: Float64Array,
+    private readonly trace: Float64Array | undefined,
   ) {}
 
-  /** An urgent server when the worker can run here (native helper built, worker file present, not turned off). */
-  static create(): UrgentServer | undefined {
+  /**
+   * An urgent server when the worker can run here (native helper built,
+   * worker file present, not turned off). `traceRequests`: the worker
+   * records when it read each of the first N requests (see requestTimes).
+   */
+  static create(traceRequests = 0): UrgentServer | undefined {
     const file = workerFile(import.meta.url, 'worker.js', 'preempt/urgent');
     if (!file || !ChannelWorker.available('POSTCOPY_URGENT_WORKER')) return undefined;
     const counters = new Float64Array(new SharedArrayBuffer(8 * Counter.SIZE));
-    const worker = new ChannelWorker<UrgentStop>('urgent worker', file, { counters: counters.buffer }, (error) => ({
+    const trace = traceRequests > 0 ? new Float64Array(new SharedArrayBuffer(8 * (1 + 2 * traceRequests))) : undefined;
+    const worker = new ChannelWorker<UrgentStop>('urgent worker', file, { counters: counters.buffer, trace: trace?.buffer }, (error) => ({
       type: 'stopped',
       reason: 'error',
       error,
@@ -43,7 +49,16 @@ export class UrgentServer {
       lastReqBlock: undefined,
       preemptBroken: true,
     }));
-    return new UrgentServer(worker, counters);
+    return new UrgentServer(worker, counters, trace);
+  }
+
+  /** With tracing: [request start, process.hrtime ns when the worker read it], in order. */
+  requestTimes(): Array<[number, number]> {
+    const t = this.trace;
+    if (!t) return [];
+    const out: Array<[number, number]> = [];
+    for (let i = 0; i < t[0]!; i++) out.push([t[2 * i + 1]!, t[2 * i + 2]!]);
+    return out;
   }
 
   /** True when these blocks can be shared with the worker. */

@@ -21,7 +21,10 @@ const TP = TARGET_PAGE_SIZE;
 const READ_BUFFER = 64 * 1024;
 
 const port = parentPort!;
-const counters = new Float64Array((workerData as { counters: SharedArrayBuffer }).counters);
+const data = workerData as { counters: SharedArrayBuffer; trace?: SharedArrayBuffer };
+const counters = new Float64Array(data.counters);
+/** When tracing: [entries, then (start, monotonic ns) per request], as long as there is room. */
+const trace = data.trace && new Float64Array(data.trace);
 const readBuffer = Buffer.allocUnsafe(READ_BUFFER);
 let abortCurrent: (() => void) | undefined;
 
@@ -103,6 +106,14 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
   });
   const parser = new RequestParser(m.blocks, m.lastReqBlock, (b, start, length) => {
     counters[Counter.REQUESTS]! += 1;
+    if (trace) {
+      const n = trace[0]!;
+      if (2 * n + 2 < trace.length) {
+        trace[2 * n + 1] = start;
+        trace[2 * n + 2] = Number(process.hrtime.bigint());
+        trace[0] = n + 1;
+      }
+    }
     const dirty = m.blocks[b]!.dirty;
     for (let off = start; off < start + length; off += TP) {
       const page = off / TP;
