@@ -49,7 +49,7 @@ async function setup(memory: Memory) {
   fillRandom(g.blocks[0]!.bytes, 5);
   g.blocks[0]!.bytes.fill(0, 0, 64 * TP); // some zero pages
   // A slow background (4 MiB/s) so that most faulted pages are still missing.
-  const src = new PreemptSource(g, { capabilities: { postcopyRam: true }, parameters: { maxPostcopyBandwidth: 4 * MiB } });
+  const src = new PreemptSource(g, { capabilities: { postcopyRam: true }, parameters: { maxPostcopyBandwidth: 4 * MiB }, traceUrgentRequests: 1000 });
   const ram = { idstr: 'ram', usedLength: size, ramAddr: 0, bytes: alloc(memory, size) };
   const dest = new PreemptDestination({ blocks: [ram], postcopyRam: true });
   const { client, server } = await connections(2);
@@ -93,11 +93,18 @@ async function recoverAndComplete(r: Awaited<ReturnType<typeof setup>>): Promise
 }
 
 /** Requests the urgent worker must have served: all of them with shared RAM (and the helper), none with plain RAM. */
-function expectServedBy(memory: Memory, src: PreemptSource, requests: number): void {
+function expectServedBy(memory: Memory, src: PreemptSource, faulted: number[]): void {
   if (memory === 'shared' && nativeOs()) {
     expect(src.urgentStats?.runs).toBeGreaterThanOrEqual(1);
-    expect(src.urgentStats?.requests).toBe(requests);
-  } else expect(src.urgentStats).toBeUndefined();
+    expect(src.urgentStats?.requests).toBe(faulted.length);
+    // the trace: one entry per request, in order, on a clock that moves forward
+    const times = src.urgentRequestTimes;
+    expect(times.map(([start]) => start / TP)).toEqual(faulted);
+    expect(times.every(([, t], i) => i === 0 || t >= times[i - 1]![1])).toBe(true);
+  } else {
+    expect(src.urgentStats).toBeUndefined();
+    expect(src.urgentRequestTimes).toEqual([]);
+  }
 }
 
 describe.each(['plain', 'shared'] as const)('postcopy with a preempt channel (ours → ours), %s guest RAM', (memory) => {
@@ -137,7 +144,7 @@ describe.each(['plain', 'shared'] as const)('postcopy with a preempt channel (ou
     expect(r.src.preemptPages).toBeGreaterThanOrEqual(r.faulted.length - 3);
     expect(r.dest.faultStats().requests).toBe(r.faulted.length);
     expect(r.src.queryMigrate().ram?.['postcopy-requests']).toBe(r.faulted.length);
-    expectServedBy(memory, r.src, r.faulted.length);
+    expectServedBy(memory, r.src, r.faulted);
     expect(Buffer.compare(r.ram.bytes, r.g.blocks[0]!.bytes)).toBe(0);
     // With requests off the main channel, the sender yields every 0.1 ms in postcopy.
     expect(r.src.senderYieldMs).toBe(0.1);
