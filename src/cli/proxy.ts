@@ -4,7 +4,7 @@
  */
 
 import { PostcopyError } from '../errors.js';
-import { type CutMode, type CutRule, ITEM_KINDS, parseBytes, parseCutMode, parseCutOn } from '../proxy/cut.js';
+import { type CutMode, type CutRule, ITEM_KINDS, PREEMPT_KINDS, parseBytes, parseCutMode, parseCutOn } from '../proxy/cut.js';
 import { FaultProxy } from '../proxy/proxy.js';
 import { formatRecords, readRecordFile } from '../proxy/record.js';
 import { startProxyControl } from '../proxy/control.js';
@@ -24,7 +24,8 @@ which in QEMU 7.2 starts with no header) is relayed the same way.
                        {t, dir, conn, kind, fields} (no page payloads)
   --cut-after BYTES    cut after BYTES main-channel bytes (k/M/G suffixes)
   --cut-on KIND[:N]    cut on the Nth (default 1st) item of KIND, counted per
-                       connection; prefix main: or rp: to pick a direction
+                       connection; prefix main: or rp: to pick a direction,
+                       preempt: for a postcopy-preempt connection's records
   --position P         after (default: the item is relayed whole, then the cut)
                        or before (the item's first byte is never relayed)
   --mode M             kill (default: close both sockets, peers see FIN),
@@ -46,6 +47,7 @@ KIND on the main channel: ${ITEM_KINDS.main.join(' ')}
   and in-package (cuts in the middle of the PACKAGED blob).
 KIND on the return path: ${ITEM_KINDS.rp.join(' ')}
   (RECV_BITMAP exists in both directions: use main: or rp: to tell them apart.)
+KIND on a postcopy-preempt connection, with the preempt: prefix: ${PREEMPT_KINDS.join(' ')}
 Examples: --cut-on REQ_PAGES:3   --cut-on rp:PONG:2   --cut-on in-package
           --cut-on POSTCOPY_RUN --position before   --cut-after 64M --mode reset
 

@@ -19,9 +19,10 @@ export type CutTrigger =
   /**
    * On the `nth` (1-based, counted per connection) decoded item of `kind`,
    * in direction `dir` (either when absent). Kind `in-package` cuts in the
-   * middle of the PACKAGED blob.
+   * middle of the PACKAGED blob. `preempt`: the item is a page record of a
+   * postcopy-preempt connection (items there match only such rules).
    */
-  | { type: 'kind'; kind: string; nth: number; dir?: ProxyDirection };
+  | { type: 'kind'; kind: string; nth: number; dir?: ProxyDirection; preempt?: true };
 
 /** A cut rule. */
 export interface CutRule {
@@ -36,16 +37,24 @@ export interface CutRule {
 /** The pseudo-kind that cuts inside a PACKAGED blob. */
 export const IN_PACKAGE = 'in-package';
 
+/** Item kinds of a postcopy-preempt connection. */
+export const PREEMPT_KINDS: readonly string[] = ['PAGE', 'ZERO', 'EOS'];
+
 /**
- * Parse a `--cut-on` value: `[main:|rp:]KIND[:N]` (KIND case-insensitive,
- * `in-package`/`PACKAGED`-relative). Throws a RangeError with a clear message.
+ * Parse a `--cut-on` value: `[main:|rp:|preempt:]KIND[:N]` (KIND
+ * case-insensitive, `in-package`/`PACKAGED`-relative; `preempt:` names the
+ * page records of a postcopy-preempt connection). Throws a RangeError with a
+ * clear message.
  */
 export function parseCutOn(spec: string): Extract<CutTrigger, { type: 'kind' }> {
   let rest = spec.trim();
   let dir: ProxyDirection | undefined;
-  const m = /^(main|rp):(.*)$/i.exec(rest);
+  let preempt = false;
+  const m = /^(main|rp|preempt):(.*)$/i.exec(rest);
   if (m) {
-    dir = m[1]!.toLowerCase() as ProxyDirection;
+    const prefix = m[1]!.toLowerCase();
+    preempt = prefix === 'preempt';
+    dir = preempt ? 'main' : (prefix as ProxyDirection);
     rest = m[2]!;
   }
   let nth = 1;
@@ -60,8 +69,12 @@ export function parseCutOn(spec: string): Extract<CutTrigger, { type: 'kind' }> 
   if (kind !== IN_PACKAGE && !KNOWN_KINDS.has(kind)) {
     throw new RangeError(`--cut-on ${spec}: unknown item kind '${rest}' (see --help for the list)`);
   }
+  if (preempt && !PREEMPT_KINDS.includes(kind)) {
+    throw new RangeError(`--cut-on ${spec}: a preempt connection carries only ${PREEMPT_KINDS.join(', ')}`);
+  }
   const t: Extract<CutTrigger, { type: 'kind' }> = { type: 'kind', kind, nth };
   if (dir) t.dir = dir;
+  if (preempt) t.preempt = true;
   return t;
 }
 
@@ -134,6 +147,7 @@ export class ConnectionMatcher {
       const t = r.rule.trigger;
       if (!r.active || t.type !== 'kind') continue;
       if (t.dir !== undefined && t.dir !== item.dir) continue;
+      if ((t.preempt === true) !== (item.fields['preempt'] === true)) continue;
       const isPkg = t.kind === IN_PACKAGE && item.kind === 'PACKAGED';
       if (!isPkg && t.kind !== item.kind) continue;
       const n = (this.counts.get(r) ?? 0) + 1;

@@ -132,6 +132,36 @@ describe('relay', () => {
     c.destroy();
   });
 
+  it('--cut-on preempt:KIND[:N] cuts a preempt connection at its Nth record; other rules never match there', async () => {
+    expect(parseCutOn('preempt:page:2')).toEqual({ type: 'kind', kind: 'PAGE', nth: 2, dir: 'main', preempt: true });
+    expect(() => parseCutOn('preempt:PING')).toThrow('a preempt connection carries only PAGE, ZERO, EOS');
+    const t = await target('tcp');
+    const p = await proxy({
+      target: t.uri,
+      cuts: [
+        { trigger: parseCutOn('PAGE'), mode: 'kill' },
+        { trigger: parseCutOn('preempt:PAGE:2'), mode: 'kill' },
+      ],
+    });
+    const cuts: ProxyCut[] = [];
+    p.on('cut', (c: ProxyCut) => cuts.push(c));
+    const w = new ByteWriter();
+    const enc = new RamRecordEncoder();
+    for (const off of [0x1000, 0x2000, 0x3000]) enc.page(w, 'pc.ram', off, new Uint8Array(4096).fill(off >> 12));
+    enc.eos(w);
+    const bytes = w.toBytes();
+    const c = await connectTo(p.uri);
+    c.on('error', () => undefined);
+    c.write(bytes);
+    await until(() => cuts.length === 1);
+    const second = 8 + 7 + 4096 + 8 + 4096;
+    await until(() => total(t.received).length === second);
+    await new Promise((r) => setTimeout(r, 50));
+    // the preempt rule fired, after the 2nd page went through whole; the plain PAGE rule did not
+    expect(cuts).toHaveLength(1);
+    expect(Buffer.compare(total(t.received), Buffer.from(bytes.subarray(0, second)))).toBe(0);
+  });
+
   it('a real stream goes through unchanged and its items are decoded and counted', async () => {
     const t = await target('tcp');
     const p = await proxy({ target: t.uri });
