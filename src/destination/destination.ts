@@ -307,6 +307,8 @@ export class MigrationDestination extends StreamLoader {
     // The worker starts now, so that it is ready when RUN comes.
     if (this.opts.bulkWorker !== false && !this.bulk && this.channel && socketFd(this.channel) !== undefined && BulkReader.sharable(this.bulkBlocks())) {
       this.bulk = BulkReader.create((idstr, page) => this.ram.onPlaced?.(idstr, page));
+      // faults that began to wait before the worker existed (later ones are watched as they start)
+      for (const [idstr, page] of this.fault.pendingPages()) this.watchPage(idstr, page);
     }
   }
 
@@ -324,8 +326,6 @@ export class MigrationDestination extends StreamLoader {
     const bulk = this.bulk;
     const ch = this.channel;
     if (!bulk || !ch || r !== this.reader || this.status !== 'postcopy-active') return undefined;
-    // faults that began to wait before the worker existed
-    for (const [idstr, page] of this.fault.pendingPages()) this.watchPage(idstr, page);
     const ramSections = [...this.sections].filter(([, idstr]) => idstr === RAM_SECTION_IDSTR).map(([id]) => id);
     const stop = await bulk.run(ch, r, this.bulkBlocks(), ramSections, { at: 'section', sectionId: -1, lastBlock: this.ram.lastBlockName });
     if (!stop) return undefined;

@@ -22,15 +22,23 @@ import { testBit } from '../destination/faults.js';
 const TP = TARGET_PAGE_SIZE;
 const TWO_32 = 0x100000000;
 
-/** Writes urgent pages on the preempt channel, one write per page. */
+/**
+ * Writes urgent pages on the preempt channel, one write per page (from the
+ * source's main thread, or from its urgent worker on a duplicate descriptor).
+ */
 export class PreemptSender {
   private readonly enc = new RamRecordEncoder();
   private readonly scratch = new ByteWriter(TP + 300);
+  /** Plain page-aligned buffer: copies out of shared memory are fast only when co-aligned. */
+  private readonly bounce = new Uint8Array(TP);
   /** Pages written. */
   pages = 0;
   /** Bytes written. */
   transferred = 0;
   private ended = false;
+  /** Writes the kernel does not have yet, and who waits for none. */
+  private inflight = 0;
+  private idle: (() => void) | undefined;
 
   constructor(
     private readonly out: Writable,
@@ -43,15 +51,43 @@ export class PreemptSender {
   }
 
   /** Sends page `offset` of `block` now (ZERO when the page is all zero). */
-  sendPage(block: EngineRamBlock, offset: number): void {
+  sendPage(block: Pick<EngineRamBlock, 'idstr' | 'bytes'>, offset: number): void {
     const w = this.scratch;
     w.reset();
-    if (this.ops.isZeroPage(block.bytes, offset)) this.enc.zero(w, block.idstr, offset);
-    else this.enc.page(w, block.idstr, offset, block.bytes.subarray(offset, offset + TP));
+    let src = block.bytes;
+    let at = offset;
+    if (src.buffer instanceof SharedArrayBuffer) {
+      // One fast copy into an aligned plain page: V8 copies out of a
+      // SharedArrayBuffer byte by byte unless both sides are co-aligned.
+      this.bounce.set(src.subarray(offset, offset + TP));
+      src = this.bounce;
+      at = 0;
+    }
+    if (this.ops.isZeroPage(src, at)) this.enc.zero(w, block.idstr, offset);
+    else this.enc.page(w, block.idstr, offset, src.subarray(at, at + TP));
     // A copy: the socket keeps the chunk until the kernel has it.
-    this.out.write(w.toBytes());
+    this.inflight++;
+    this.out.write(w.toBytes(), this.written);
     this.pages++;
     this.transferred += w.length;
+  }
+
+  private readonly written = (): void => {
+    if (--this.inflight === 0) this.idle?.();
+  };
+
+  /** Calls `f` once, when every page written so far is with the kernel or the channel is gone. */
+  whenFlushed(f: () => void): void {
+    let called = false;
+    const once = (): void => {
+      if (called) return;
+      called = true;
+      this.idle = undefined;
+      f();
+    };
+    if (this.inflight === 0 || this.out.destroyed) return once();
+    this.idle = once;
+    this.out.once('close', once);
   }
 
   /** The next record names its block again (a new channel after a resume). */

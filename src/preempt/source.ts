@@ -178,16 +178,11 @@ export class PreemptSource extends MigrationSource {
       throw new PostcopyError('RETURN_PATH', `Request out of range: ${req.idstr} 0x${req.start.toString(16)}+0x${req.length.toString(16)}`);
     }
     this.postcopyRequests++;
-    const bm = saver.bitmaps[index]!;
     for (let off = req.start; off < req.start + req.length; off += TP) {
-      const page = off / TP;
-      const m = 1 << (page & 31);
-      if ((bm[page >>> 5]! & m) === 0) {
+      if (!saver.claim(index, off / TP)) {
         saver.urgentSkipped++;
         continue;
       }
-      bm[page >>> 5] = bm[page >>> 5]! & ~m;
-      saver.dirtyPages--;
       p.sendPage(block, off);
       this.pagesOnPreempt++;
       if (saver.releaseAfterSend) {

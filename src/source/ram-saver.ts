@@ -204,7 +204,7 @@ export class RamSaver {
     this.foldClaims();
     while (this.urgent.length > 0) {
       const u = this.urgent.shift()!;
-      if (this.testAndClear(u.block, u.page)) {
+      if (this.claim(u.block, u.page)) {
         if (this.postcopy) {
           this.blockIdx = u.block;
           this.pageIdx = u.page + 1;
@@ -222,7 +222,7 @@ export class RamSaver {
       if (p >= 0) {
         this.pageIdx = p + 1;
         // another thread may have claimed it since the scan saw it
-        if (!this.testAndClear(b, p)) {
+        if (!this.claim(b, p)) {
           visited--;
           continue;
         }
@@ -243,7 +243,7 @@ export class RamSaver {
   }
 
   /** Claims page p of block b: true when it was dirty (an atomic clear, for the urgent worker's sake). */
-  private testAndClear(b: number, p: number): boolean {
+  claim(b: number, p: number): boolean {
     const m = 1 << (p & 31);
     if ((Atomics.and(this.bitmaps[b]!, p >>> 5, ~m) & m) === 0) return false;
     this.dirtyPages--;

@@ -12,10 +12,12 @@
  */
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
-import { RamFlag, TARGET_PAGE_SIZE } from '../../wire/constants.js';
+import { TARGET_PAGE_SIZE } from '../../wire/constants.js';
+import { jsPageOps } from '../../engine/page-ops-js.js';
+import { PreemptSender } from '../channel.js';
 import { closeDescriptor, readDuplicate } from '../../transport/hold.js';
 import { RequestParser } from './requests.js';
-import { Counter, type FromWorker, type StopReason, type ToWorker, type UrgentBlock } from './messages.js';
+import { Counter, type FromWorker, type StopReason, type ToWorker } from './messages.js';
 
 const TP = TARGET_PAGE_SIZE;
 const READ_BUFFER = 64 * 1024;
@@ -33,76 +35,13 @@ port.on('message', (m: ToWorker) => {
   else run(m);
 });
 
-function isZero(words: Uint32Array): boolean {
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
-  return true;
-}
-
-/** Writes page records on the preempt channel (the CONTINUE rule within this run). */
-class Writer {
-  private last: number | undefined;
-  private readonly bounce = new Uint8Array(TP);
-  private readonly words = new Uint32Array(this.bounce.buffer);
-  /** Writes not yet handed to the kernel, and who waits for none. */
-  private pending = 0;
-  private idle: (() => void) | undefined;
-  broken = false;
-  constructor(
-    private readonly out: Socket,
-    private readonly blocks: readonly UrgentBlock[],
-    private readonly names: Uint8Array[],
-  ) {}
-
-  page(b: number, off: number, release: boolean): void {
-    const block = this.blocks[b]!;
-    // One fast copy out of shared memory into an aligned plain page (V8 copies
-    // a SharedArrayBuffer byte by byte unless both sides are co-aligned).
-    this.bounce.set(block.bytes.subarray(off, off + TP));
-    const zero = isZero(this.words);
-    const name = this.last === b ? undefined : this.names[b]!;
-    const head = 8 + (name ? 1 + name.length : 0);
-    const rec = Buffer.allocUnsafe(head + (zero ? 1 : TP));
-    const hi = Math.floor(off / 0x1_0000_0000);
-    const flags = (zero ? RamFlag.ZERO : RamFlag.PAGE) | (name ? 0 : RamFlag.CONTINUE);
-    rec.writeUInt32BE(hi, 0);
-    rec.writeUInt32BE(((off - hi * 0x1_0000_0000) | flags) >>> 0, 4);
-    if (name) {
-      rec[8] = name.length;
-      rec.set(name, 9);
-    }
-    if (zero) rec[head] = 0;
-    else rec.set(this.bounce, head);
-    if (release) {
-      block.bytes.fill(0, off, off + TP);
-      counters[Counter.RELEASED]! += 1;
-    }
-    this.last = b;
-    counters[Counter.BYTES]! += rec.length;
-    this.pending++;
-    this.out.write(rec, this.written);
-  }
-
-  private readonly written = (): void => {
-    if (--this.pending === 0) this.idle?.();
-  };
-
-  /** Calls `f` once every page written so far is with the kernel (or the channel failed). */
-  whenFlushed(f: () => void): void {
-    if (this.pending === 0 || this.broken || this.out.destroyed) f();
-    else {
-      this.idle = f;
-      this.out.once('close', f);
-    }
-  }
-}
-
 function run(m: Extract<ToWorker, { type: 'run' }>): void {
-  const names = m.blocks.map((b) => Uint8Array.from(b.idstr, (c) => c.charCodeAt(0) & 0xff));
   const out = new Socket({ fd: m.preemptFd, readable: false, writable: true });
   out.setNoDelay(true);
-  const writer = new Writer(out, m.blocks, names);
+  const sender = new PreemptSender(out, jsPageOps);
+  let broken = false;
   out.on('error', () => {
-    writer.broken = true;
+    broken = true;
   });
   const parser = new RequestParser(m.blocks, m.lastReqBlock, (b, start, length) => {
     counters[Counter.REQUESTS]! += 1;
@@ -123,7 +62,15 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
         continue;
       }
       counters[Counter.CLAIMED]! += 1;
-      if (!writer.broken) writer.page(b, off, m.release);
+      if (broken) continue;
+      const block = m.blocks[b]!;
+      const before = sender.transferred;
+      sender.sendPage(block, off);
+      counters[Counter.BYTES]! += sender.transferred - before;
+      if (m.release) {
+        block.bytes.fill(0, off, off + TP);
+        counters[Counter.RELEASED]! += 1;
+      }
     }
   });
   let input: Socket | undefined;
@@ -144,17 +91,11 @@ function run(m: Extract<ToWorker, { type: 'run' }>): void {
         consumed: parser.consumed,
         rest: parser.rest(),
         lastReqBlock: parser.lastReqBlock,
-        preemptBroken: writer.broken,
+        preemptBroken: broken,
       } satisfies FromWorker);
     };
     // the preempt bytes must be with the kernel before the main thread may write that channel again
-    let once = false;
-    writer.whenFlushed(() => {
-      if (!once) {
-        once = true;
-        stopped();
-      }
-    });
+    sender.whenFlushed(stopped);
   };
   abortCurrent = () => finish('abort');
   parser.push(m.prefix);
