@@ -25,7 +25,12 @@
  * on the main threads; preempt-1ms: the same
  * with the ordinary 1 ms postcopy yields; preempt-pacedN: preempt with the
  * background paced to N MB/s (default 400) instead of full speed — not the
- * issue's set-up, a reference point; baseline: requests on the main channel), --rounds N (default 1; several
+ * issue's set-up, a reference point; preempt-nopriority: preempt with the
+ * fault-path threads left at the peers' priority; baseline: requests on the
+ * main channel), --fault-priority N|none (default -20: the engines'
+ * faultPriority, the nice value of the threads on the fault path — the
+ * source's urgent worker, the destination's thread — for every design but
+ * preempt-nopriority; raising it needs root), --rounds N (default 1; several
  * designs run interleaved, a summary of medians follows), --priority N
  * (nice value of both peers; default: inherited), --profile (one more
  * round of the first design with both peers under node --cpu-prof, a
@@ -75,6 +80,9 @@ const ROUNDS = Number(opt('--rounds') ?? 1);
 const TIMEOUT_MS = Number(opt('--timeout-ms') ?? 120_000);
 /** --priority N: run both peers at this nice value (root may go below 0) to shield the figures from other load. */
 const PRIORITY = opt('--priority') === undefined ? undefined : Number(opt('--priority'));
+/** --fault-priority N|none: the engines' faultPriority (default -20; none: threads left as they are). */
+const FAULT_PRIORITY_OPT = opt('--fault-priority') ?? '-20';
+const FAULT_PRIORITY = FAULT_PRIORITY_OPT === 'none' ? undefined : Number(FAULT_PRIORITY_OPT);
 const PROFILE = argv.includes('--profile');
 const NO_FLOOR = argv.includes('--no-floor') || quick;
 /** --profile-phase idle|loaded (default loaded): the phase the profile summary covers. */
@@ -151,7 +159,8 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
     dst.kill();
   }, TIMEOUT_MS);
   try {
-    const common = { ramBytes: RAM_BYTES, design: DESIGN, warmupFaults: WARMUP_FAULTS, idleFaults: IDLE_FAULTS, idleMs: IDLE_MS };
+    const faultPriority = DESIGN === 'preempt-nopriority' ? undefined : FAULT_PRIORITY;
+    const common = { ramBytes: RAM_BYTES, design: DESIGN, warmupFaults: WARMUP_FAULTS, idleFaults: IDLE_FAULTS, idleMs: IDLE_MS, faultPriority };
     dst.send({ cmd: 'init', role: 'destination', ...common });
     const { port } = await dst.next('listening');
     src.send({ cmd: 'init', role: 'source', port, ...common });
@@ -188,6 +197,9 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
       preemptPages: s.preemptPages,
       sourceCpu: s.cpu,
       destCpu: d.cpu,
+      faultPriority,
+      sourcePriority: s.priority,
+      destPriority: d.priority,
     };
   } finally {
     clearTimeout(timer);
@@ -243,6 +255,10 @@ function report(r: FaultBenchResult, floor?: LoopbackFigures): void {
   const loop = (c: FaultBenchResult['sourceCpu']): string =>
     c.loopDelayP50Ms === undefined ? '-' : `${c.loopDelayP50Ms.toFixed(2)} / ${c.loopDelayP99Ms!.toFixed(2)} / ${c.loopDelayMaxMs!.toFixed(1)} ms`;
   console.log(`event-loop delay in the loaded phase, p50 / p99 / max: source ${loop(r.sourceCpu)}, destination ${loop(r.destCpu)}`);
+  const nice = (p: FaultBenchResult['sourcePriority']): string => (p ? `nice ${p.nice}${p.error ? ` (${p.error})` : ''}` : 'not changed');
+  console.log(
+    `fault-path threads: ${r.faultPriority === undefined ? 'left at the peers\' priority' : `faultPriority ${r.faultPriority}`}; source's urgent worker ${nice(r.sourcePriority)}, destination's thread ${nice(r.destPriority)}`,
+  );
   console.log(`statuses: source ${r.sourceStatus}, destination ${r.destStatus}; destination RAM ${r.ramEqual ? 'equal to' : 'DIFFERS from'} the source's`);
   // Node alone, same run: the naive floor (bulk and requests in the same event loops) for each figure.
   const alone: Record<string, string> = floor

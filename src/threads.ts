@@ -8,6 +8,7 @@
  * started) lets the main thread read on from exactly there.
  */
 import { existsSync } from 'node:fs';
+import os from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +30,44 @@ export function workerFile(moduleUrl: string, name: string, srcDir: string): str
   if (existsSync(here)) return here;
   const built = join(findPackageRoot(), 'dist', 'src', srcDir, name);
   return existsSync(built) ? built : undefined;
+}
+
+/** Nice values a thread may take. */
+export const NICE_MIN = -20;
+export const NICE_MAX = 19;
+
+/**
+ * Validates a `faultPriority` option: undefined (leave the threads as they
+ * are) or a whole nice value in [-20, 19].
+ */
+export function checkFaultPriority(nice: number | undefined): void {
+  if (nice === undefined) return;
+  if (!Number.isInteger(nice) || nice < NICE_MIN || nice > NICE_MAX) {
+    throw new PostcopyError('BAD_OPTION', `faultPriority must be a whole nice value between ${NICE_MIN} and ${NICE_MAX}, not ${nice}`);
+  }
+}
+
+/** A thread's nice value after a priority change, and why the change failed if it did. */
+export interface ThreadPriority {
+  nice: number;
+  error?: string;
+}
+
+/**
+ * Sets the calling thread's nice value (on Linux a priority belongs to a
+ * thread: the process's other threads keep theirs). Raising the priority
+ * (a lower value) needs CAP_SYS_NICE or RLIMIT_NICE; when it is refused the
+ * thread keeps its value and `error` says why.
+ */
+export function setThreadPriority(nice: number): ThreadPriority {
+  try {
+    os.setPriority(nice);
+    return { nice: os.getPriority() };
+  } catch (e) {
+    const info = (e as { info?: { code?: string; message?: string } }).info;
+    const why = info?.message && info.code ? `${info.message} (${info.code})` : (e as Error).message;
+    return { nice: os.getPriority(), error: `setpriority(${nice}): ${why}` };
+  }
 }
 
 /** How a worker hands a stream back. */

@@ -25,6 +25,7 @@ import { adviseHugePages } from '../../src/memory/huge-pages.js';
 import { statCounters } from './proc-stat.js';
 import { TARGET_PAGE_SIZE } from '../../src/wire/constants.js';
 import type { CpuFigures } from './fault-stats.js';
+import type { ThreadPriority } from '../../src/threads.js';
 
 const TP = TARGET_PAGE_SIZE;
 const IDSTR = 'ram';
@@ -33,7 +34,18 @@ const MIN_MISSING = 0.1;
 
 /** Parent → peer. */
 export type PeerCommand =
-  | { cmd: 'init'; role: 'source' | 'destination'; ramBytes: number; design: string; port?: number; warmupFaults: number; idleFaults: number; idleMs: number }
+  | {
+      cmd: 'init';
+      role: 'source' | 'destination';
+      ramBytes: number;
+      design: string;
+      port?: number;
+      warmupFaults: number;
+      idleFaults: number;
+      idleMs: number;
+      /** faultPriority of both engines (undefined: threads left as they are). */
+      faultPriority?: number;
+    }
   | { cmd: 'fullSpeed' }
   | { cmd: 'go' }
   /** Exit now, cleanly (under --cpu-prof node then writes the profile). */
@@ -59,6 +71,8 @@ export interface SourcePeerResult {
   transferred: number;
   digest: string;
   cpu: CpuFigures;
+  /** The urgent worker thread's nice value (with a faultPriority). */
+  priority?: ThreadPriority;
 }
 
 export interface DestPeerResult {
@@ -80,6 +94,8 @@ export interface DestPeerResult {
   idleWindowUs: [number, number];
   digest: string;
   cpu: CpuFigures;
+  /** The destination thread's nice value during postcopy (with a faultPriority). */
+  priority?: ThreadPriority;
 }
 
 const send = (m: PeerEvent): void => void process.send!(m);
@@ -170,7 +186,7 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
   // preempt-main: no worker threads (requests served and the background read on the main threads).
   const urgentWorker = init.design !== 'preempt-main';
   // the urgent worker timestamps the requests it reads (the legs of a round trip)
-  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs, urgentWorker, traceUrgentRequests: 1 << 20 }) : new MigrationSource(guest, opts);
+  const src = preempt ? new PreemptSource(guest, { ...opts, preemptYieldMs, urgentWorker, traceUrgentRequests: 1 << 20, faultPriority: init.faultPriority }) : new MigrationSource(guest, opts);
   // Timestamps of request arrival (the return-path reader's 'onPageRequest').
   const requestSeen: Array<[number, number]> = [];
   const handlers = (src as unknown as { returnPathHandlers(): { onPageRequest?: (r: { start: number }) => void } });
@@ -223,6 +239,7 @@ async function runSource(init: Extract<PeerCommand, { cmd: 'init' }>): Promise<v
     transferred: info.ram?.transferred ?? 0,
     digest: digest(guest.blocks[0]!.bytes),
     cpu,
+    priority: src instanceof PreemptSource ? src.urgentStats?.priority : undefined,
   });
 }
 
@@ -230,7 +247,8 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
   const b = block(init.ramBytes);
   const preempt = init.design.includes('preempt');
   const bulkWorker = init.design !== 'preempt-main';
-  const dest = preempt ? new PreemptDestination({ blocks: [b], postcopyRam: true, bulkWorker }) : new MigrationDestination({ blocks: [b], postcopyRam: true, bulkWorker });
+  const dopts = { blocks: [b], postcopyRam: true, bulkWorker, faultPriority: init.faultPriority };
+  const dest = preempt ? new PreemptDestination(dopts) : new MigrationDestination(dopts);
   const pages = init.ramBytes / TP;
   const server = net.createServer({ noDelay: true });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -361,5 +379,6 @@ async function runDestination(init: Extract<PeerCommand, { cmd: 'init' }>): Prom
     idleWindowUs: [i0, i1],
     digest: digest(b.bytes),
     cpu,
+    priority: dest.faultThreadPriority,
   });
 }

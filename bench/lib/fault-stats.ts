@@ -85,6 +85,10 @@ export interface FaultBenchResult {
   /** CPU of our two processes during the loaded phase. */
   sourceCpu: CpuFigures;
   destCpu: CpuFigures;
+  /** faultPriority asked of both engines, and the nice values their fault-path threads had (undefined: left as they were). */
+  faultPriority?: number;
+  sourcePriority?: { nice: number; error?: string };
+  destPriority?: { nice: number; error?: string };
 }
 
 /**

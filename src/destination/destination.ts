@@ -6,6 +6,7 @@
  * silent-link watchdog, recover), the fault API (faults.ts) and query-migrate.
  */
 import { Socket } from 'node:net';
+import os from 'node:os';
 import type { Duplex } from 'node:stream';
 import { PostcopyError, ProtocolError, TruncatedError } from '../errors.js';
 import { ChannelReader } from '../engine/bytes.js';
@@ -20,6 +21,7 @@ import { StreamLoader } from './stream-loader.js';
 import { BulkReader } from './bulk/bulk-reader.js';
 import { socketFd } from '../transport/hold.js';
 import { RAM_SECTION_IDSTR } from '../wire/constants.js';
+import { checkFaultPriority, setThreadPriority, type ThreadPriority } from '../threads.js';
 
 export * from './options.js';
 export type { FaultRecord } from './faults.js';
@@ -46,8 +48,16 @@ export class MigrationDestination extends StreamLoader {
   pauseReason: string | undefined;
   /** Reads the postcopy background stream in a worker thread, when it can (bulk/bulk-reader.ts). */
   private bulk: BulkReader | undefined;
+  /**
+   * With faultPriority: this thread's nice value during postcopy and why it
+   * is not the one asked for (set at POSTCOPY_LISTEN).
+   */
+  faultThreadPriority: ThreadPriority | undefined;
+  /** The thread's nice value before faultPriority changed it, put back at the end. */
+  private niceBefore: number | undefined;
 
   constructor(opts: DestinationOptions = {}) {
+    checkFaultPriority(opts.faultPriority);
     super(opts);
     this.fault = new FaultService({
       block: (idstr) => {
@@ -176,6 +186,8 @@ export class MigrationDestination extends StreamLoader {
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
       this.bulk?.close();
+      if (this.niceBefore !== undefined) setThreadPriority(this.niceBefore);
+      this.niceBefore = undefined;
     }
     return this.status;
   }
@@ -309,6 +321,12 @@ export class MigrationDestination extends StreamLoader {
       this.bulk = BulkReader.create((idstr, page) => this.ram.onPlaced?.(idstr, page));
       // faults that began to wait before the worker existed (later ones are watched as they start)
       for (const [idstr, page] of this.fault.pendingPages()) this.watchPage(idstr, page);
+    }
+    // After the bulk worker started: a new thread takes its creator's priority, and the bulk must not have this one.
+    const nice = this.opts.faultPriority;
+    if (nice !== undefined && this.niceBefore === undefined) {
+      this.niceBefore = os.getPriority();
+      this.faultThreadPriority = setThreadPriority(nice);
     }
   }
 

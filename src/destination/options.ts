@@ -42,6 +42,16 @@ export interface DestinationOptions {
    * environment's POSTCOPY_BULK_WORKER=0 turns it off too. Default true.
    */
   bulkWorker?: boolean;
+  /**
+   * Nice value (-20…19) of this destination's thread from POSTCOPY_LISTEN
+   * until the migration ends (then it is put back): the thread that sends
+   * page requests, places the requested pages and resumes the code that
+   * waits for them. With the background stream keeping both CPUs of a small
+   * host busy, it otherwise waits up to a scheduler slice for a CPU at each
+   * fault. Raising it needs CAP_SYS_NICE; when that is refused the thread
+   * keeps its value (faultThreadPriority says why). Default: left as it is.
+   */
+  faultPriority?: number;
 }
 
 /** Our keepalive timeout (the source's KEEPALIVE_TIMEOUT_MS). */

@@ -23,6 +23,7 @@ import { PreemptSender } from './channel.js';
 import type { ChannelReader } from '../engine/bytes.js';
 import type { ReturnPathHandlers } from '../source/return-path.js';
 import { UrgentServer } from './urgent/urgent-server.js';
+import { checkFaultPriority, type ThreadPriority } from '../threads.js';
 import { Counter, type UrgentBlock } from './urgent/messages.js';
 
 const TP = TARGET_PAGE_SIZE;
@@ -41,6 +42,14 @@ export interface PreemptSourceOptions extends SourceOptions {
    * POSTCOPY_URGENT_WORKER=0 turns it off too. Default true.
    */
   urgentWorker?: boolean;
+  /**
+   * Nice value (-20…19) of the urgent worker's thread, which serves page
+   * requests: with the background stream keeping both CPUs of a small host
+   * busy, a request otherwise waits up to a scheduler slice for a CPU (see
+   * urgentStats.priority). Raising it needs CAP_SYS_NICE; when that is
+   * refused the worker runs on at its old value. Default: left as it is.
+   */
+  faultPriority?: number;
   /** Benchmarks: the urgent worker records when it read each of the first N page requests (urgentRequestTimes). */
   traceUrgentRequests?: number;
 }
@@ -58,6 +67,7 @@ export class PreemptSource extends MigrationSource {
   private readonly folded = new Float64Array(Counter.SIZE);
 
   constructor(guest: SourceGuest, opts: PreemptSourceOptions = {}) {
+    checkFaultPriority(opts.faultPriority);
     super(guest, opts);
     this.on('paused', () => this.dropPreempt());
     // From the switchover on the sender yields often: the return path (and so
@@ -66,7 +76,7 @@ export class PreemptSource extends MigrationSource {
       if (!this.preempt?.usable) return;
       this.yieldEveryMs = opts.preemptYieldMs ?? PREEMPT_YIELD_EVERY_MS;
       if (opts.urgentWorker !== false && !this.urgent && UrgentServer.sharable(this.urgentBlocks())) {
-        this.urgent = UrgentServer.create(opts.traceUrgentRequests);
+        this.urgent = UrgentServer.create(opts.traceUrgentRequests, opts.faultPriority);
         const c = this.urgent?.counters;
         if (c) this.saver!.shareClaims(() => c[Counter.CLAIMED]!);
       }
@@ -79,10 +89,14 @@ export class PreemptSource extends MigrationSource {
     return this.guest.blocks.map((b, i) => ({ idstr: b.idstr, usedLength: b.usedLength, bytes: b.bytes, dirty: saver.bitmaps[i]! }));
   }
 
-  /** Requests and pages the urgent worker served: runs, requests, pages sent. Undefined without one. */
-  get urgentStats(): { runs: number; requests: number; pages: number } | undefined {
+  /**
+   * Requests and pages the urgent worker served: runs, requests, pages sent;
+   * with faultPriority, its thread's nice value and why it is not the one
+   * asked for (once the worker started). Undefined without one.
+   */
+  get urgentStats(): { runs: number; requests: number; pages: number; priority?: ThreadPriority } | undefined {
     const u = this.urgent;
-    return u && { runs: u.runs, requests: u.counters[Counter.REQUESTS]!, pages: u.counters[Counter.CLAIMED]! };
+    return u && { runs: u.runs, requests: u.counters[Counter.REQUESTS]!, pages: u.counters[Counter.CLAIMED]!, ...(u.priority && { priority: u.priority }) };
   }
 
   /** With `traceUrgentRequests`: [request start, process.hrtime ns when the urgent worker read it]. */

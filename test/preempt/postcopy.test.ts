@@ -8,37 +8,15 @@
  * by its urgent worker, preempt/urgent/, when the native helper is built).
  */
 import { once } from 'node:events';
-import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { PreemptDestination } from '../../src/preempt/destination.js';
 import { PreemptSource } from '../../src/preempt/source.js';
 import { nativeOs } from '../../src/native.js';
 import { fillRandom, TestGuest } from '../engine/helpers.js';
+import { connections } from './helpers.js';
 
 const MiB = 1 << 20;
 const TP = 4096;
-
-async function connections(n: number): Promise<{ client: net.Socket[]; server: net.Socket[] }> {
-  const srv = net.createServer({ noDelay: true });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  const server: net.Socket[] = [];
-  const all = new Promise<void>((r) =>
-    srv.on('connection', (c) => {
-      server.push(c);
-      if (server.length === n) r();
-    }),
-  );
-  const client: net.Socket[] = [];
-  for (let i = 0; i < n; i++) {
-    const c = net.connect({ port, host: '127.0.0.1', noDelay: true });
-    await new Promise((r) => c.once('connect', r));
-    client.push(c);
-  }
-  await all;
-  srv.close();
-  return { client, server };
-}
 
 type Memory = 'plain' | 'shared';
 const alloc = (memory: Memory, size: number): Uint8Array => new Uint8Array(memory === 'shared' ? new SharedArrayBuffer(size) : new ArrayBuffer(size));

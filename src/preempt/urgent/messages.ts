@@ -41,6 +41,9 @@ export type ToWorker =
 
 export type StopReason = 'message' | 'eof' | 'error' | 'abort';
 
+/** The worker's first message when it was asked to change its thread's priority. */
+export type PriorityReport = { type: 'priority'; nice: number; error?: string };
+
 export type FromWorker = {
   type: 'stopped';
   reason: StopReason;

@@ -16,13 +16,17 @@
 import type { Duplex, Readable } from 'node:stream';
 import type { ChannelReader } from '../../engine/bytes.js';
 import { ChannelWorker, workerFile } from '../../threads.js';
-import { Counter, type FromWorker, type ToWorker, type UrgentBlock } from './messages.js';
+import type { ThreadPriority } from '../../threads.js';
+import { Counter, type FromWorker, type PriorityReport, type ToWorker, type UrgentBlock } from './messages.js';
 
 export type UrgentStop = FromWorker;
 
 const isShared = (a: ArrayBufferView): boolean => a.buffer instanceof SharedArrayBuffer;
 
 export class UrgentServer {
+  /** The worker thread's nice value and why it could not take the one asked for (with a priority asked for, once it started). */
+  priority: ThreadPriority | undefined;
+
   private constructor(
     private readonly worker: ChannelWorker<UrgentStop>,
     /** What the worker did, all runs (Counter indices); written by the worker only. */
@@ -34,22 +38,35 @@ export class UrgentServer {
    * An urgent server when the worker can run here (native helper built,
    * worker file present, not turned off). `traceRequests`: the worker
    * records when it read each of the first N requests (see requestTimes).
+   * `priority`: the worker thread's nice value (faultPriority).
    */
-  static create(traceRequests = 0): UrgentServer | undefined {
+  static create(traceRequests = 0, priority?: number): UrgentServer | undefined {
     const file = workerFile(import.meta.url, 'worker.js', 'preempt/urgent');
     if (!file || !ChannelWorker.available('POSTCOPY_URGENT_WORKER')) return undefined;
     const counters = new Float64Array(new SharedArrayBuffer(8 * Counter.SIZE));
     const trace = traceRequests > 0 ? new Float64Array(new SharedArrayBuffer(8 * (1 + 2 * traceRequests))) : undefined;
-    const worker = new ChannelWorker<UrgentStop>('urgent worker', file, { counters: counters.buffer, trace: trace?.buffer }, (error) => ({
-      type: 'stopped',
-      reason: 'error',
-      error,
-      consumed: 0,
-      rest: new Uint8Array(0),
-      lastReqBlock: undefined,
-      preemptBroken: true,
-    }));
-    return new UrgentServer(worker, counters, trace);
+    let server: UrgentServer | undefined;
+    const worker = new ChannelWorker<UrgentStop>(
+      'urgent worker',
+      file,
+      { counters: counters.buffer, trace: trace?.buffer, priority },
+      (error) => ({
+        type: 'stopped',
+        reason: 'error',
+        error,
+        consumed: 0,
+        rest: new Uint8Array(0),
+        lastReqBlock: undefined,
+        preemptBroken: true,
+      }),
+      (m) => {
+        if (m.type === 'priority' && server) {
+          const { nice, error } = m as PriorityReport;
+          server.priority = error === undefined ? { nice } : { nice, error };
+        }
+      },
+    );
+    return (server = new UrgentServer(worker, counters, trace));
   }
 
   /** With tracing: [request start, process.hrtime ns when the worker read it], in order. */

@@ -16,19 +16,23 @@ import { TARGET_PAGE_SIZE } from '../../wire/constants.js';
 import { jsPageOps } from '../../engine/page-ops-js.js';
 import { PreemptSender } from '../channel.js';
 import { closeDescriptor, readDuplicate } from '../../transport/hold.js';
+import { setThreadPriority } from '../../threads.js';
 import { RequestParser } from './requests.js';
-import { Counter, type FromWorker, type StopReason, type ToWorker } from './messages.js';
+import { Counter, type FromWorker, type PriorityReport, type StopReason, type ToWorker } from './messages.js';
 
 const TP = TARGET_PAGE_SIZE;
 const READ_BUFFER = 64 * 1024;
 
 const port = parentPort!;
-const data = workerData as { counters: SharedArrayBuffer; trace?: SharedArrayBuffer };
+const data = workerData as { counters: SharedArrayBuffer; trace?: SharedArrayBuffer; priority?: number };
 const counters = new Float64Array(data.counters);
 /** When tracing: [entries, then (start, monotonic ns) per request], as long as there is room. */
 const trace = data.trace && new Float64Array(data.trace);
 const readBuffer = Buffer.allocUnsafe(READ_BUFFER);
 let abortCurrent: (() => void) | undefined;
+
+// This thread is on the page-fault path: with faultPriority it runs at that nice value.
+if (data.priority !== undefined) port.postMessage({ type: 'priority', ...setThreadPriority(data.priority) } satisfies PriorityReport);
 
 port.on('message', (m: ToWorker) => {
   if (m.type === 'abort') abortCurrent?.();

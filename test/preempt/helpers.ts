@@ -1,0 +1,25 @@
+/** Helpers of the preempt tests. */
+import net from 'node:net';
+
+/** `n` TCP connections over loopback: the client ends and the server's, in connection order. */
+export async function connections(n: number): Promise<{ client: net.Socket[]; server: net.Socket[] }> {
+  const srv = net.createServer({ noDelay: true });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const server: net.Socket[] = [];
+  const all = new Promise<void>((r) =>
+    srv.on('connection', (c) => {
+      server.push(c);
+      if (server.length === n) r();
+    }),
+  );
+  const client: net.Socket[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = net.connect({ port, host: '127.0.0.1', noDelay: true });
+    await new Promise((r) => c.once('connect', r));
+    client.push(c);
+  }
+  await all;
+  srv.close();
+  return { client, server };
+}
