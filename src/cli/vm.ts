@@ -5,10 +5,11 @@
 import { PostcopyError } from '../errors.js';
 import { parseSize, parseWorkload } from '../vm/options.js';
 import { SimVm, type VmOptions } from '../vm/vm.js';
+import { NICE_MAX, NICE_MIN } from '../threads.js';
 import type { Verb } from './main.js';
 
 const HELP = `usage: postcopy vm [--machine none] [--ram SIZE] [--mem-path FILE] [--workload SPEC]
-                  [-S] [--incoming URI|defer] --qmp unix:PATH|tcp:HOST:PORT
+                  [-S] [--incoming URI|defer] [--fault-priority N] --qmp unix:PATH|tcp:HOST:PORT
 
 A simulated VM that migrates like qemu-system-x86_64 7.2 -M none, driven over QMP.
 
@@ -21,6 +22,10 @@ A simulated VM that migrates like qemu-system-x86_64 7.2 -M none, driven over QM
   -S                 start paused (prelaunch)
   --incoming URI     wait for an incoming migration on URI, or "defer" (migrate-incoming)
   --qmp ADDRESS      QMP socket (unix:PATH or tcp:HOST:PORT)
+  --fault-priority N nice value (-20..19) of the threads that serve page faults in
+                     postcopy: an incoming VM's migration thread, an outgoing VM's
+                     urgent worker (with postcopy-preempt). Raising it needs root;
+                     otherwise they stay as they are. Default: unchanged.
 
 Postcopy (capability postcopy-ram on both sides): migrate-start-postcopy on the
 source; the destination's workload runs from POSTCOPY_RUN and every page it
@@ -71,6 +76,15 @@ export function parseVmArgs(args: string[]): { opts: VmOptions; qmp: string } | 
       case '--qmp':
         qmp = value();
         break;
+      case '--fault-priority': {
+        const v = value();
+        const n = Number(v);
+        if (!/^-?\d+$/.test(v) || n < NICE_MIN || n > NICE_MAX) {
+          throw new PostcopyError('BAD_OPTION', `--fault-priority must be a whole nice value between ${NICE_MIN} and ${NICE_MAX}, not '${v}'`);
+        }
+        opts.faultPriority = n;
+        break;
+      }
       default:
         throw new PostcopyError('BAD_OPTION', `unknown option '${a}'`);
     }

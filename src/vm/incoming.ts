@@ -187,6 +187,7 @@ export class Incoming {
       status: this.status,
       // received bitmaps in the shared memory: the workload worker reads them (fault path)
       hotpath: vm.hp,
+      faultPriority: vm.opts.faultPriority,
     };
     const dest = (this.dest = preempt ? new PreemptDestination(options) : new MigrationDestination(options));
     // A broken preempt channel pauses (or fails) the migration itself: nothing to do with the rejection.

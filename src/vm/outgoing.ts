@@ -190,7 +190,7 @@ export class Outgoing {
       status: this.status,
     };
     const preempt = vm.config.capabilities['postcopy-preempt'];
-    const src = (this.source = preempt ? new PreemptSource(guest, opts) : new MigrationSource(guest, opts));
+    const src = (this.source = preempt ? new PreemptSource(guest, { ...opts, faultPriority: vm.opts.faultPriority }) : new MigrationSource(guest, opts));
     if (src instanceof PreemptSource) this.connectPreempt(src, uri, ch, isActiveStatus);
     src.on('MIGRATION_PASS', (d: { pass: number }) => vm.bus.emit('MIGRATION_PASS', { pass: d.pass }));
     if (this.postcopyAsked) this.startPostcopy();

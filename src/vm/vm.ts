@@ -42,6 +42,8 @@ export interface VmOptions {
   startPaused?: boolean;
   /** `-incoming` URI or "defer". */
   incoming?: string;
+  /** Nice value of the migration's fault-path threads during postcopy (the engines' faultPriority). */
+  faultPriority?: number;
   /** Called when the process should exit (quit, failed incoming migration). */
   onExit?: (code: number) => void;
 }

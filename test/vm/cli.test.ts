@@ -31,6 +31,7 @@ describe('parseVmArgs', () => {
       },
     });
     expect(parseVmArgs(['--ram', '1G', '--qmp', 'x'])).toMatchObject({ opts: { ram: 1 << 30 } });
+    expect(parseVmArgs(['--ram', '1G', '--qmp', 'x', '--fault-priority', '-20'])).toMatchObject({ opts: { faultPriority: -20 } });
   });
   it('refuses what it cannot do, with a reason', () => {
     expect(() => parseVmArgs(['--ram', '16M'])).toThrow('--qmp is required');
@@ -38,6 +39,10 @@ describe('parseVmArgs', () => {
     expect(() => parseVmArgs(['--machine', 'pc', '--ram', '16M', '--qmp', 'x'])).toThrow("unsupported machine type 'pc'");
     expect(() => parseVmArgs(['--ram', '1000', '--qmp', 'x', '--bogus'])).toThrow("unknown option '--bogus'");
     expect(() => parseVmArgs(['--ram', '5000B', '--qmp', 'x'])).toThrow('multiple of 4 KiB');
+    for (const bad of ['20', '-21', '1.5', 'high', '']) {
+      expect(() => parseVmArgs(['--ram', '16M', '--qmp', 'x', '--fault-priority', bad])).toThrow(`--fault-priority must be a whole nice value between -20 and 19, not '${bad}'`);
+    }
+    expect(() => parseVmArgs(['--ram', '16M', '--qmp', 'x', '--fault-priority'])).toThrow('option --fault-priority needs a value');
     expect(() => parseVmArgs(['--ram', '16M', '--qmp', 'x', '--workload', 'pattern=zigzag'])).toThrow('pattern must be seq, rand or hot');
     expect(() => parseVmArgs(['--ram'])).toThrow('option --ram needs a value');
   });
