@@ -10,13 +10,18 @@
  * reused read buffer (onread); a request/reply round trip (16 B → 4 KiB, as
  * a page request and its page) idle, and while a bulk stream runs between
  * the same two processes on another connection (the shape of postcopy with
- * a preempt channel).
+ * a preempt channel) — with the bulk stream in the same event loops, and
+ * with it sent and received by worker threads (onread) while the main
+ * threads serve the round trips, at nice -20 when the benchmark's fault-path
+ * threads run at that (as our engines do with faultPriority).
  *
  * The module is also the peer: forked with the argument `peer`.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { adviseHugePages } from '../../src/memory/huge-pages.js';
 import { summarise, type LatencySummary } from './fault-stats.js';
 
@@ -33,14 +38,20 @@ export interface LoopbackFigures {
   idle: LatencySummary;
   /** Round trips while a bulk stream runs between the same processes; bulkGBps is its rate meanwhile. */
   loaded: LatencySummary & { bulkGBps: number };
+  /** The same with the bulk stream in worker threads, the main threads at nice `nice` (undefined: unchanged). */
+  loadedWorkers: LatencySummary & { bulkGBps: number; nice?: number };
 }
+
+/** Where the bulk stream of a round-trip row runs: none, the main threads' event loops, or worker threads (on the server's bulkPort). */
+type Bulk = 'none' | 'loop' | 'workers';
 
 type PeerCommand =
   | { cmd: 'listen' }
+  | { cmd: 'nice'; value: number }
   | { cmd: 'stream'; port: number; bytes: number; onread: boolean }
-  | { cmd: 'rr'; port: number; n: number; bulk: boolean };
+  | { cmd: 'rr'; port: number; n: number; bulk: Bulk; bulkPort?: number };
 
-type PeerReply = { port: number } | { ms: number; bytes: number } | (LatencySummary & { bulkBytes: number; bulkMs: number });
+type PeerReply = { port: number; bulkPort: number } | { nice: number } | { ms: number; bytes: number } | (LatencySummary & { bulkBytes: number; bulkMs: number });
 
 // ------------------------------------------------------------------ the peer
 
@@ -52,7 +63,7 @@ const ring = (): Uint8Array => {
 };
 
 /** Serves both kinds of connection: 'S' + u64 = send that many bytes; 'R' = a 4 KiB reply per 16 bytes. */
-function listen(): Promise<number> {
+function serve(): Promise<number> {
   const chunk = Buffer.alloc(MiB, 0x5a);
   const reply = Buffer.alloc(REPLY, 0xa5);
   const srv = net.createServer({ noDelay: true }, (s) => {
@@ -130,12 +141,34 @@ function stream(port: number, bytes: number, onread: boolean, stop?: Promise<voi
   });
 }
 
-async function roundTrips(port: number, n: number, bulk: boolean): Promise<LatencySummary & { bulkBytes: number; bulkMs: number }> {
+/** The server: a main-thread server, and one in a worker thread for bulk streams sent by that thread. */
+async function listen(): Promise<{ port: number; bulkPort: number }> {
+  const port = await serve();
+  const w = new Worker(fileURLToPath(import.meta.url), { workerData: { role: 'server' } });
+  w.unref();
+  const [bulkPort] = (await new Promise((r) => w.once('message', r))) as [number];
+  return { port, bulkPort };
+}
+
+/** A bulk stream received by a worker thread (onread) until `stop`. */
+function workerStream(port: number, stop: Promise<void>): Promise<{ ms: number; bytes: number }> {
+  const w = new Worker(fileURLToPath(import.meta.url), { workerData: { role: 'client', port } });
+  void stop.then(() => w.postMessage('stop'));
+  return new Promise((resolve, reject) => {
+    w.once('message', (m: { ms: number; bytes: number }) => {
+      resolve(m);
+      void w.terminate();
+    });
+    w.once('error', reject);
+  });
+}
+
+async function roundTrips(port: number, n: number, bulk: Bulk, bulkPort?: number): Promise<LatencySummary & { bulkBytes: number; bulkMs: number }> {
   let stopBulk: () => void = () => undefined;
   const stopped = new Promise<void>((r) => (stopBulk = r));
   let bulkRun: Promise<{ ms: number; bytes: number }> | undefined;
-  if (bulk) {
-    bulkRun = stream(port, 2 ** 50, false, stopped);
+  if (bulk !== 'none') {
+    bulkRun = bulk === 'loop' ? stream(port, 2 ** 50, false, stopped) : workerStream(bulkPort!, stopped);
     await new Promise((r) => setTimeout(r, 200)); // the stream at full speed first
   }
   const s = net.connect({ port, host: '127.0.0.1', noDelay: true });
@@ -169,13 +202,25 @@ async function roundTrips(port: number, n: number, bulk: boolean): Promise<Laten
   return { ...summarise(times), bulkBytes: b.bytes, bulkMs: b.ms };
 }
 
-if (process.argv[2] === 'peer') {
+if (!isMainThread) {
+  const d = workerData as { role: 'server' } | { role: 'client'; port: number };
+  if (d.role === 'server') void serve().then((port) => parentPort!.postMessage([port]));
+  else {
+    const stop = new Promise<void>((r) => parentPort!.once('message', () => r()));
+    void stream(d.port, 2 ** 50, true, stop).then((m) => parentPort!.postMessage(m));
+  }
+} else if (process.argv[2] === 'peer') {
   process.on('disconnect', () => process.exit(0));
   process.on('message', (m: PeerCommand) => {
     const run = async (): Promise<PeerReply> => {
-      if (m.cmd === 'listen') return { port: await listen() };
+      if (m.cmd === 'listen') return listen();
+      if (m.cmd === 'nice') {
+        // this (main) thread only: the workers keep theirs
+        os.setPriority(m.value);
+        return { nice: os.getPriority() };
+      }
       if (m.cmd === 'stream') return stream(m.port, m.bytes, m.onread);
-      return roundTrips(m.port, m.n, m.bulk);
+      return roundTrips(m.port, m.n, m.bulk, m.bulkPort);
     };
     run().then(
       (r) => process.send!(r),
@@ -193,13 +238,17 @@ function ask<T extends PeerReply>(child: ChildProcess, cmd: PeerCommand): Promis
   });
 }
 
-/** Measures the rows of the module comment with two forked peers; `bytes` per stream row. */
-export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000): Promise<LoopbackFigures> {
+/**
+ * Measures the rows of the module comment with two forked peers; `bytes`
+ * per stream row; `nice`: the main threads' nice value in the bulk-in-workers
+ * row (raising it needs root; undefined: unchanged).
+ */
+export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000, nice?: number): Promise<LoopbackFigures> {
   const file = fileURLToPath(import.meta.url);
   const server = fork(file, ['peer'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const client = fork(file, ['peer'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   try {
-    const { port } = await ask<{ port: number }>(server, { cmd: 'listen' });
+    const { port, bulkPort } = await ask<{ port: number; bulkPort: number }>(server, { cmd: 'listen' });
     // Each stream twice, the faster kept: the first run also warms up the JIT.
     const best = async (onread: boolean): Promise<{ ms: number; bytes: number }> => {
       const a = await ask<{ ms: number; bytes: number }>(client, { cmd: 'stream', port, bytes, onread });
@@ -208,8 +257,12 @@ export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000
     };
     const data = await best(false);
     const onread = await best(true);
-    const idle = await ask<LatencySummary & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: false });
-    const loaded = await ask<LatencySummary & { bulkBytes: number; bulkMs: number }>(client, { cmd: 'rr', port, n: roundTripsN, bulk: true });
+    type Rr = LatencySummary & { bulkBytes: number; bulkMs: number };
+    const idle = await ask<Rr>(client, { cmd: 'rr', port, n: roundTripsN, bulk: 'none' });
+    const loaded = await ask<Rr>(client, { cmd: 'rr', port, n: roundTripsN, bulk: 'loop' });
+    // last: the main threads keep the raised priority
+    if (nice !== undefined) for (const p of [server, client]) await ask<{ nice: number }>(p, { cmd: 'nice', value: nice });
+    const workers = await ask<Rr>(client, { cmd: 'rr', port, n: roundTripsN, bulk: 'workers', bulkPort });
     const gbps = (b: number, ms: number): number => b / 1e6 / ms;
     const strip = ({ count, p50Us, p99Us, maxUs, meanUs }: LatencySummary): LatencySummary => ({ count, p50Us, p99Us, maxUs, meanUs });
     return {
@@ -217,6 +270,7 @@ export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000
       streamOnreadGBps: gbps(onread.bytes, onread.ms),
       idle: strip(idle),
       loaded: { ...strip(loaded), bulkGBps: gbps(loaded.bulkBytes, loaded.bulkMs) },
+      loadedWorkers: { ...strip(workers), bulkGBps: gbps(workers.bulkBytes, workers.bulkMs), ...(nice !== undefined && { nice }) },
     };
   } finally {
     server.kill();

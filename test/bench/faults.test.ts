@@ -103,16 +103,18 @@ describe('bench:faults run (32 MiB, baseline then preempt)', () => {
 });
 
 describe('Node alone on this host (bench/lib/node-loopback, built)', () => {
-  it('measures both streams and both round-trip rows with well-formed figures', async () => {
+  it('measures both streams and the three round-trip rows with well-formed figures', async () => {
     const mod = (await import(path.join(ROOT, 'dist/bench/lib/node-loopback.js'))) as typeof import('../../bench/lib/node-loopback.js');
     const f = await mod.measureNodeLoopback(8 << 20, 50); // small: it runs beside other test files
     expect(f.streamDataGBps).toBeGreaterThan(0);
     expect(f.streamOnreadGBps).toBeGreaterThan(0);
-    for (const [name, l] of [['idle', f.idle], ['loaded', f.loaded]] as const) {
+    for (const [name, l] of [['idle', f.idle], ['loaded', f.loaded], ['loadedWorkers', f.loadedWorkers]] as const) {
       expect(l.count, name).toBe(50);
       consistent(name, l);
     }
-    // the bulk stream really ran during the loaded round trips
+    // the bulk stream really ran during the loaded round trips, in the event loops and in the workers
     expect(f.loaded.bulkGBps).toBeGreaterThan(0);
+    expect(f.loadedWorkers.bulkGBps).toBeGreaterThan(0);
+    expect(f.loadedWorkers.nice).toBeUndefined();
   }, 60_000);
 });
