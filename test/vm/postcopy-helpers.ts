@@ -22,6 +22,9 @@ export interface PairOptions {
   srcCaps?: string[];
   /** Where the destination listens (default tcp:127.0.0.1:0). */
   incoming?: string;
+  /** Extra command-line arguments of each. */
+  srcArgs?: string[];
+  dstArgs?: string[];
 }
 
 async function caps(q: QmpClient, names: string[]): Promise<void> {
@@ -31,9 +34,9 @@ async function caps(q: QmpClient, names: string[]): Promise<void> {
 /** Two `postcopy vm` processes with events + postcopy-ram on both sides; the destination listening. */
 export async function postcopyPair(o: PairOptions = {}, track?: VmProcess[]): Promise<Pair> {
   const ram = `${o.ramMiB ?? 32}M`;
-  const src = await startVm(['--ram', ram, '--workload', o.srcWorkload ?? 'pattern=rand,rate=max']);
+  const src = await startVm(['--ram', ram, '--workload', o.srcWorkload ?? 'pattern=rand,rate=max', ...(o.srcArgs ?? [])]);
   track?.push(src);
-  const dst = await startVm(['--ram', ram, '--incoming', 'defer', '--workload', o.dstWorkload ?? 'mode=read,pattern=rand']);
+  const dst = await startVm(['--ram', ram, '--incoming', 'defer', '--workload', o.dstWorkload ?? 'mode=read,pattern=rand', ...(o.dstArgs ?? [])]);
   track?.push(dst);
   await caps(src.qmp, ['events', 'postcopy-ram', ...(o.srcCaps ?? [])]);
   await caps(dst.qmp, ['events', 'postcopy-ram', ...(o.dstCaps ?? [])]);

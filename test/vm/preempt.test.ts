@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FaultProxy } from '../../src/proxy/proxy.js';
-import { qmpError, startVm, waitStatus, type Digest, type VmProcess } from './helpers.js';
+import { listeningPort, qmpError, startVm, waitStatus, type Digest, type VmProcess } from './helpers.js';
 import { bothCompleted, faulted, migrationEvents, MiB, postcopyPair, sleep, waitEvent, type WorkloadInfo } from './postcopy-helpers.js';
 import { bothPaused, recover, type Drill } from './drill-helpers.js';
 
@@ -182,4 +182,45 @@ describe('postcopy vm → postcopy vm with postcopy-preempt (through FaultProxy)
         `blocked ${w['blocked-ms']} ms (max ${w['max-blocked-ms']}), fault latency p50 ${lat['p50-us']} µs p99 ${lat['p99-us']} µs`,
     );
   }, 90_000);
+});
+
+/** Nice values of a process's threads by thread id, from /proc. */
+function threadNices(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      out.set(Number(tid), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+describe('postcopy vm --fault-priority', () => {
+  it.runIf(process.getuid?.() === 0)('runs the source\'s urgent worker and the destination\'s migration thread at it during postcopy, and puts the destination\'s back', async () => {
+    const p = await postcopyPair({ ramMiB: 32, srcCaps: ['postcopy-preempt'], dstCaps: ['postcopy-preempt'], srcArgs: ['--fault-priority', '-4'], dstArgs: ['--fault-priority', '-4'] }, procs);
+    const { src, dst } = p;
+    const srcPid = src.child.pid!;
+    const dstPid = dst.child.pid!;
+    expect(threadNices(dstPid).get(dstPid)).toBe(0);
+    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 32 * MiB, 'max-postcopy-bandwidth': 4 * MiB });
+    await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${await listeningPort(dst.qmp)}` });
+    await waitStatus(src.qmp, ['active']);
+    await src.qmp.execute('migrate-start-postcopy');
+    await waitEvent(dst, 'postcopy-active');
+    await faulted(dst, 20);
+    expect(preemptPages(await src.qmp.execute<Info>('query-migrate'))).toBeGreaterThan(0);
+    // destination: its main thread (it reads the channels and serves the workload's faults)
+    expect(threadNices(dstPid).get(dstPid)).toBe(-4);
+    // source: one thread, the urgent worker, not the main thread (it streams the background)
+    const s = threadNices(srcPid);
+    expect(s.get(srcPid)).toBe(0);
+    expect([...s.values()].filter((n) => n === -4)).toHaveLength(1);
+    const done = await bothCompleted(p);
+    expect([done.s.status, done.d.status]).toEqual(['completed', 'completed']);
+    expect(await dst.qmp.execute<Digest>('x-ram-digest')).toEqual(await src.qmp.execute<Digest>('x-ram-digest'));
+    expect(threadNices(dstPid).get(dstPid)).toBe(0);
+  }, 60_000);
 });
