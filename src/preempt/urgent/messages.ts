@@ -1,4 +1,5 @@
 /** Messages between the source's main thread (urgent-server.ts) and its urgent worker (worker.ts). */
+import type { ThreadPriority } from '../../threads.js';
 
 /** A block of guest RAM and its dirty bitmap, in shared memory. */
 export interface UrgentBlock {
@@ -42,7 +43,7 @@ export type ToWorker =
 export type StopReason = 'message' | 'eof' | 'error' | 'abort';
 
 /** The worker's first message when it was asked to change its thread's priority. */
-export type PriorityReport = { type: 'priority'; nice: number; error?: string };
+export type PriorityReport = { type: 'priority'; priority: ThreadPriority };
 
 export type FromWorker = {
   type: 'stopped';

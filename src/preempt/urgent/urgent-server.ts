@@ -15,8 +15,7 @@
  */
 import type { Duplex, Readable } from 'node:stream';
 import type { ChannelReader } from '../../engine/bytes.js';
-import { ChannelWorker, workerFile } from '../../threads.js';
-import type { ThreadPriority } from '../../threads.js';
+import { ChannelWorker, workerFile, type ThreadPriority } from '../../threads.js';
 import { Counter, type FromWorker, type PriorityReport, type ToWorker, type UrgentBlock } from './messages.js';
 
 export type UrgentStop = FromWorker;
@@ -60,10 +59,7 @@ export class UrgentServer {
         preemptBroken: true,
       }),
       (m) => {
-        if (m.type === 'priority' && server) {
-          const { nice, error } = m as PriorityReport;
-          server.priority = error === undefined ? { nice } : { nice, error };
-        }
+        if (m.type === 'priority' && server) server.priority = (m as PriorityReport).priority;
       },
     );
     return (server = new UrgentServer(worker, counters, trace));

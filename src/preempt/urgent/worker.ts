@@ -32,7 +32,7 @@ const readBuffer = Buffer.allocUnsafe(READ_BUFFER);
 let abortCurrent: (() => void) | undefined;
 
 // This thread is on the page-fault path: with faultPriority it runs at that nice value.
-if (data.priority !== undefined) port.postMessage({ type: 'priority', ...setThreadPriority(data.priority) } satisfies PriorityReport);
+if (data.priority !== undefined) port.postMessage({ type: 'priority', priority: setThreadPriority(data.priority) } satisfies PriorityReport);
 
 port.on('message', (m: ToWorker) => {
   if (m.type === 'abort') abortCurrent?.();
