@@ -51,6 +51,7 @@ import fs from 'node:fs';
 import { printTable } from './lib/timing.js';
 import { measureNodeLoopback, type LoopbackFigures } from './lib/node-loopback.js';
 import { summariseProfile } from './lib/profile.js';
+import type { ThreadPriority } from '../src/threads.js';
 import type { DestPeerResult, PeerCommand, PeerEvent, SourcePeerResult } from './lib/fault-peer.js';
 import {
   busyPct,
@@ -210,6 +211,13 @@ async function runOnce(DESIGN: string, profileDir?: string): Promise<FaultBenchR
   }
 }
 
+/** ", main threads at nice N" (and why not the one asked for), or nothing when unchanged. */
+function niceOf(p: ThreadPriority[] | undefined): string {
+  if (!p) return '';
+  const errors = [...new Set(p.flatMap((t) => (t.error ? [t.error] : [])))];
+  return `, main threads at nice ${[...new Set(p.map((t) => t.nice))].join('/')}${errors.length ? ` (${errors.join('; ')})` : ''}`;
+}
+
 function reportFloor(f: LoopbackFigures): void {
   printTable(
     'Node alone on this host, same run (two processes, TCP loopback, no migration code): the floor of one event loop per process',
@@ -223,7 +231,7 @@ function reportFloor(f: LoopbackFigures): void {
         `${fmtUs(f.loaded.p50Us)} / ${fmtUs(f.loaded.p99Us)} / ${fmtUs(f.loaded.maxUs)} (${f.loaded.bulkGBps.toFixed(2)} GB/s)`,
       ],
       [
-        `same, the bulk stream sent and received by worker threads (onread)${f.loadedWorkers.nice === undefined ? '' : `, main threads at nice ${f.loadedWorkers.nice}`}`,
+        `same, the bulk stream sent and received by worker threads (onread)${niceOf(f.loadedWorkers.priority)}`,
         `${fmtUs(f.loadedWorkers.p50Us)} / ${fmtUs(f.loadedWorkers.p99Us)} / ${fmtUs(f.loadedWorkers.maxUs)} (${f.loadedWorkers.bulkGBps.toFixed(2)} GB/s)`,
       ],
     ],

@@ -4,6 +4,7 @@
  * (the test parses it), and machine-load sampling from /proc/stat.
  */
 import fs from 'node:fs';
+import type { ThreadPriority } from '../../src/threads.js';
 
 /** p50/p99/max of a set of round trips, µs. */
 export interface LatencySummary {
@@ -87,8 +88,8 @@ export interface FaultBenchResult {
   destCpu: CpuFigures;
   /** faultPriority asked of both engines, and the nice values their fault-path threads had (undefined: left as they were). */
   faultPriority?: number;
-  sourcePriority?: { nice: number; error?: string };
-  destPriority?: { nice: number; error?: string };
+  sourcePriority?: ThreadPriority;
+  destPriority?: ThreadPriority;
 }
 
 /**

@@ -19,10 +19,10 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { adviseHugePages } from '../../src/memory/huge-pages.js';
+import { setThreadPriority, type ThreadPriority } from '../../src/threads.js';
 import { summarise, type LatencySummary } from './fault-stats.js';
 
 const MiB = 1 << 20;
@@ -38,8 +38,8 @@ export interface LoopbackFigures {
   idle: LatencySummary;
   /** Round trips while a bulk stream runs between the same processes; bulkGBps is its rate meanwhile. */
   loaded: LatencySummary & { bulkGBps: number };
-  /** The same with the bulk stream in worker threads, the main threads at nice `nice` (undefined: unchanged). */
-  loadedWorkers: LatencySummary & { bulkGBps: number; nice?: number };
+  /** The same with the bulk stream in worker threads; with a nice value asked for, what the main threads got (undefined: unchanged). */
+  loadedWorkers: LatencySummary & { bulkGBps: number; priority?: ThreadPriority[] };
 }
 
 /** Where the bulk stream of a round-trip row runs: none, the main threads' event loops, or worker threads (on the server's bulkPort). */
@@ -51,7 +51,7 @@ type PeerCommand =
   | { cmd: 'stream'; port: number; bytes: number; onread: boolean }
   | { cmd: 'rr'; port: number; n: number; bulk: Bulk; bulkPort?: number };
 
-type PeerReply = { port: number; bulkPort: number } | { nice: number } | { ms: number; bytes: number } | (LatencySummary & { bulkBytes: number; bulkMs: number });
+type PeerReply = { port: number; bulkPort: number } | { priority: ThreadPriority } | { ms: number; bytes: number } | (LatencySummary & { bulkBytes: number; bulkMs: number });
 
 // ------------------------------------------------------------------ the peer
 
@@ -214,11 +214,8 @@ if (!isMainThread) {
   process.on('message', (m: PeerCommand) => {
     const run = async (): Promise<PeerReply> => {
       if (m.cmd === 'listen') return listen();
-      if (m.cmd === 'nice') {
-        // this (main) thread only: the workers keep theirs
-        os.setPriority(m.value);
-        return { nice: os.getPriority() };
-      }
+      // this (main) thread only: the workers keep theirs (wrapped: a reply with `error` is a failure)
+      if (m.cmd === 'nice') return { priority: setThreadPriority(m.value) };
       if (m.cmd === 'stream') return stream(m.port, m.bytes, m.onread);
       return roundTrips(m.port, m.n, m.bulk, m.bulkPort);
     };
@@ -261,7 +258,8 @@ export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000
     const idle = await ask<Rr>(client, { cmd: 'rr', port, n: roundTripsN, bulk: 'none' });
     const loaded = await ask<Rr>(client, { cmd: 'rr', port, n: roundTripsN, bulk: 'loop' });
     // last: the main threads keep the raised priority
-    if (nice !== undefined) for (const p of [server, client]) await ask<{ nice: number }>(p, { cmd: 'nice', value: nice });
+    const raise = async (p: ChildProcess): Promise<ThreadPriority> => (await ask<{ priority: ThreadPriority }>(p, { cmd: 'nice', value: nice! })).priority;
+    const priority = nice === undefined ? undefined : [await raise(server), await raise(client)];
     const workers = await ask<Rr>(client, { cmd: 'rr', port, n: roundTripsN, bulk: 'workers', bulkPort });
     const gbps = (b: number, ms: number): number => b / 1e6 / ms;
     const strip = ({ count, p50Us, p99Us, maxUs, meanUs }: LatencySummary): LatencySummary => ({ count, p50Us, p99Us, maxUs, meanUs });
@@ -270,7 +268,7 @@ export async function measureNodeLoopback(bytes = 1024 * MiB, roundTripsN = 2000
       streamOnreadGBps: gbps(onread.bytes, onread.ms),
       idle: strip(idle),
       loaded: { ...strip(loaded), bulkGBps: gbps(loaded.bulkBytes, loaded.bulkMs) },
-      loadedWorkers: { ...strip(workers), bulkGBps: gbps(workers.bulkBytes, workers.bulkMs), ...(nice !== undefined && { nice }) },
+      loadedWorkers: { ...strip(workers), bulkGBps: gbps(workers.bulkBytes, workers.bulkMs), ...(priority && { priority }) },
     };
   } finally {
     server.kill();

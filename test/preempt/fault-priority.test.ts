@@ -7,7 +7,6 @@
  * kernel refuses (no CAP_SYS_NICE) leaves the thread as it was and says why.
  */
 import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -17,25 +16,11 @@ import { PreemptSource } from '../../src/preempt/source.js';
 import { nativeOs } from '../../src/native.js';
 import { findPackageRoot } from '../../src/hotpath/wasm.js';
 import { fillRandom, TestGuest } from '../engine/helpers.js';
-import { connections } from './helpers.js';
+import { connections, threadNices } from './helpers.js';
 
 const MiB = 1 << 20;
 const TP = 4096;
 const root = process.getuid?.() === 0;
-
-/** Nice values of this process's threads, read from /proc (field 19 of each thread's stat). */
-function threadNices(): number[] {
-  const out: number[] = [];
-  for (const tid of fs.readdirSync('/proc/self/task')) {
-    try {
-      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      out.push(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return out;
-}
 
 /** Our source → our destination over TCP with shared RAM (so both workers run); faults 10 pages; completes. */
 async function migrate(srcNice: number | undefined, destNice: number | undefined) {
@@ -65,7 +50,7 @@ async function migrate(srcNice: number | undefined, destNice: number | undefined
     await dest.read('ram', p * TP, TP);
     faulted++;
   }
-  const during = threadNices();
+  const during = [...threadNices().values()];
   src.setParameters({ maxPostcopyBandwidth: 0 });
   const statuses = [await migrated, await loaded];
   return { src, dest, atRun, during, statuses, faulted, equal: Buffer.compare(ram.bytes, g.blocks[0]!.bytes) === 0 };
@@ -84,7 +69,7 @@ describe('faultPriority', () => {
 
   it.runIf(root && nativeOs())('the urgent worker and the destination thread run at it during postcopy, the bulk worker does not, and the destination thread gets its value back', async () => {
     const before = os.getPriority();
-    const atStart = threadNices().filter((n) => n === -3).length;
+    const atStart = [...threadNices().values()].filter((n) => n === -3).length;
     const r = await migrate(-3, -3);
     expect(r.statuses).toEqual(['completed', 'completed']);
     expect(r.equal).toBe(true);

@@ -16,6 +16,7 @@ import { FaultProxy } from '../../src/proxy/proxy.js';
 import { listeningPort, qmpError, startVm, waitStatus, type Digest, type VmProcess } from './helpers.js';
 import { bothCompleted, faulted, migrationEvents, MiB, postcopyPair, sleep, waitEvent, type WorkloadInfo } from './postcopy-helpers.js';
 import { bothPaused, recover, type Drill } from './drill-helpers.js';
+import { threadNices } from '../preempt/helpers.js';
 
 const procs: VmProcess[] = [];
 const cleanups: Array<() => Promise<void>> = [];
@@ -183,20 +184,6 @@ describe('postcopy vm → postcopy vm with postcopy-preempt (through FaultProxy)
     );
   }, 90_000);
 });
-
-/** Nice values of a process's threads by thread id, from /proc. */
-function threadNices(pid: number): Map<number, number> {
-  const out = new Map<number, number>();
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      out.set(Number(tid), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return out;
-}
 
 describe('postcopy vm --fault-priority', () => {
   it.runIf(process.getuid?.() === 0)('runs the source\'s urgent worker and the destination\'s migration thread at it during postcopy, and puts the destination\'s back', async () => {
